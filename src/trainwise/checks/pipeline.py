@@ -1,0 +1,434 @@
+"""Pipeline checks on the sample: Karpathy's recipe as pass/fail rows, each with its value and threshold.
+
+Each check catches a silent bug that would otherwise cost a full training run to find: inputs not
+normalised, a wrong loss or label mapping, frozen or dead parameters, batch norm leaking across
+examples, a model that cannot even memorise one batch, leakage that lets shuffled labels beat chance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainwise import plots
+from trainwise.checks import CheckResult
+from trainwise.config import ChecksConfig
+from trainwise.data.loading import PreparedData, Transform
+from trainwise.engine import EngineConfig, FitResult, TensorData, Trainer, make_optimizer
+from trainwise.metrics import CLASSIFICATION
+
+
+@dataclass
+class CheckSetup:
+    data: PreparedData  # the sample's splits
+    build_model: Callable[[], nn.Module]  # a fresh, seeded model, output bias initialised as configured
+    engine: EngineConfig  # the sample run's settings
+    train_transform: Transform
+    eval_transform: Transform
+    thresholds: ChecksConfig
+    prior_bias_init: bool
+
+    @property
+    def classification(self) -> bool:
+        return self.data.task == CLASSIFICATION
+
+    @property
+    def train(self) -> TensorData:
+        return self.data.splits["train"]
+
+    @property
+    def val(self) -> TensorData:
+        return self.data.splits.get("val", self.train)
+
+    def batch(self, size: int, *, transform: Transform | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        data = self.train
+        x = (transform or self.eval_transform)(data.x[:size])
+        return x, data.y[:size]
+
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.classification:
+            return nn.functional.cross_entropy(outputs.float(), y)
+        return nn.functional.mse_loss(outputs.float().reshape(-1), y)
+
+
+def run_pipeline_checks(setup: CheckSetup) -> list[CheckResult]:
+    """Every check, cheapest first; the three short fits are shared by the checks that compare them."""
+    results = [
+        check_inputs(setup),
+        check_loss_at_init(setup),
+        check_output_bias(setup),
+        check_parameters_update(setup),
+        check_finite_first_steps(setup),
+        check_batch_independence(setup),
+        check_overfit_one_batch(setup),
+    ]
+    real = short_fit(setup, "real")
+    results += [
+        check_input_independent(setup, real, short_fit(setup, "zeros")),
+        check_label_shuffle(setup, short_fit(setup, "shuffled")),
+        check_loss_decreases(setup, real),
+        check_beats_trivial_baseline(setup, real),
+        check_lr_range(setup),
+    ]
+    return results
+
+
+# -- 1. inputs just before the network --------------------------------------------------------------
+
+
+def check_inputs(setup: CheckSetup) -> CheckResult:
+    tolerance = setup.thresholds.input_std_tolerance
+    x, _ = setup.batch(512)
+    expected_shape = (min(512, len(setup.train)), *setup.data.input_shape)
+    problems = []
+    if x.dtype != torch.float32:
+        problems.append(f"dtype {x.dtype}")
+    if tuple(x.shape) != expected_shape:
+        problems.append(f"shape {tuple(x.shape)} != {expected_shape}")
+    if not torch.isfinite(x).all():
+        problems.append("non-finite values")
+    if setup.data.is_image:
+        values = x.transpose(0, 1).reshape(x.shape[1], -1)
+    else:  # standardised numeric columns come first; one-hot columns are 0/1 by design
+        numeric = len(setup.data.preprocessing.get("numeric", []))
+        values = x[:, :numeric].T
+    means, stds = values.mean(dim=1), values.std(dim=1)
+    deviation = float(torch.cat([means.abs(), (stds - 1).abs()]).max()) if values.numel() else 0.0
+    figure = None
+    if setup.data.is_image:
+        shown, y = setup.batch(32, transform=setup.train_transform)
+        mean = torch.tensor(setup.data.preprocessing["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(setup.data.preprocessing["std"]).view(1, -1, 1, 1)
+        pictures = (shown * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        figure = plots.image_batch(pictures, [_label(setup, int(v)) for v in y], title="A training batch as the network sees it (denormalised)")
+    return CheckResult(
+        "input_shape_and_range",
+        not problems and deviation <= tolerance,
+        deviation,
+        tolerance,
+        f"largest |mean| or |std - 1| of a normalised input channel or feature; per-channel means {np.round(means.tolist(), 3).tolist()}, "
+        f"stds {np.round(stds.tolist(), 3).tolist()}" + (f"; problems: {', '.join(problems)}" if problems else ""),
+        "normalisation statistics or the input pipeline are wrong: check prepare's normalization.json and image.channels",
+        figure,
+    )
+
+
+# -- 2, 3. the network at initialisation ------------------------------------------------------------
+
+
+def expected_initial_loss(setup: CheckSetup) -> tuple[float, str]:
+    if not setup.classification:
+        return 1.0, "the standardised target's variance (1)"
+    prior = torch.tensor(setup.data.prior())
+    if setup.prior_bias_init:
+        entropy = float(-(prior[prior > 0] * prior[prior > 0].log()).sum())
+        return entropy, f"the class prior's entropy ({entropy:.3f})"
+    classes = setup.data.num_outputs
+    return math.log(classes), f"ln C = ln {classes} ({math.log(classes):.3f})"
+
+
+@torch.no_grad()
+def check_loss_at_init(setup: CheckSetup) -> CheckResult:
+    model = setup.build_model().eval()
+    x, y = setup.batch(len(setup.train))
+    loss = float(setup.loss(model(x), y))
+    expected, what = expected_initial_loss(setup)
+    relative = abs(loss - expected) / expected
+    return CheckResult(
+        "loss_at_init",
+        relative <= setup.thresholds.init_loss_tolerance,
+        relative,
+        setup.thresholds.init_loss_tolerance,
+        f"relative distance of the loss at initialisation ({loss:.4f}) from {what}",
+        "a loss far above this means confident wrong outputs at init (bad init scale or a label bug); far below means a leak",
+    )
+
+
+def check_output_bias(setup: CheckSetup) -> CheckResult:
+    from trainwise.models import output_layer
+
+    if not setup.prior_bias_init:
+        return CheckResult("output_bias_prior", True, 0.0, 0.0, "skipped: model.prior_bias_init is false", "")
+    bias = output_layer(setup.build_model()).bias
+    if setup.classification:
+        shares = torch.softmax(bias.detach().float(), dim=0)
+        error = float((shares - torch.tensor(setup.data.prior())).abs().max())
+        meaning = "largest difference between softmax(output bias) and the class prior"
+    else:
+        error = float(bias.detach().abs().max())
+        meaning = "the output bias, which should predict the (standardised) target mean 0"
+    return CheckResult("output_bias_prior", error <= 0.01, error, 0.01, meaning, "init_output_bias was not applied to the layer that produces the outputs")
+
+
+# -- 4, 5. one step and the first few ----------------------------------------------------------------
+
+
+def check_parameters_update(setup: CheckSetup) -> CheckResult:
+    model = setup.build_model().train()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = make_optimizer(model, setup.engine)
+    x, y = setup.batch(min(64, len(setup.train)), transform=setup.train_transform)
+    optimizer.zero_grad()
+    setup.loss(model(x), y).backward()
+    optimizer.step()
+    stuck = [n for n, p in model.named_parameters() if p.requires_grad and torch.equal(p.detach(), before[n])]
+    moved_frozen = [n for n, p in model.named_parameters() if not p.requires_grad and not torch.equal(p.detach(), before[n])]
+    bad = stuck + moved_frozen
+    return CheckResult(
+        "parameters_update",
+        not bad,
+        float(len(bad)),
+        0.0,
+        "parameters that should learn but did not change after one step, plus frozen ones that did"
+        + (f": {', '.join(bad[:8])}" if bad else ""),
+        "a parameter outside the graph (unused layer, detached tensor) or a freeze that does not hold",
+    )
+
+
+def check_finite_first_steps(setup: CheckSetup, steps: int = 5) -> CheckResult:
+    model = setup.build_model().train()
+    optimizer = make_optimizer(model, setup.engine)
+    problems = []
+    for step in range(steps):
+        x, y = setup.batch(min(64, len(setup.train)), transform=setup.train_transform)
+        outputs = model(x)
+        loss = setup.loss(outputs, y)
+        optimizer.zero_grad()
+        loss.backward()
+        if not torch.isfinite(outputs).all():
+            problems.append(f"outputs at step {step + 1}")
+        if not torch.isfinite(loss):
+            problems.append(f"loss at step {step + 1}")
+        problems += [f"gradient of {n} at step {step + 1}" for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        optimizer.step()
+    return CheckResult(
+        "finite_first_steps",
+        not problems,
+        float(len(problems)),
+        0.0,
+        f"NaN or infinite outputs, loss or gradients in the first {steps} training steps" + (f": {', '.join(problems[:5])}" if problems else ""),
+        "lower train.lr, set train.grad_clip, or look for log(0) / division by zero in a custom model",
+    )
+
+
+# -- 6. batch independence -------------------------------------------------------------------------
+
+
+def check_batch_independence(setup: CheckSetup) -> CheckResult:
+    model = setup.build_model().eval()  # batch norm in eval mode: in train mode it mixes a batch by design
+    x, _ = setup.batch(min(4, len(setup.train)))
+    x = x.clone().requires_grad_(True)
+    model(x)[0].sum().backward()
+    assert x.grad is not None
+    leak = float(x.grad[1:].abs().max()) if len(x) > 1 else 0.0
+    own = float(x.grad[0].abs().max())
+    return CheckResult(
+        "batch_independence",
+        leak == 0.0 and own > 0,
+        leak,
+        0.0,
+        f"largest gradient of example 0's output with respect to the other examples' inputs (its own: {own:.3g})",
+        "something mixes examples across the batch dimension: a view/reshape over the wrong axis, or a custom layer",
+    )
+
+
+# -- 7. overfit one batch --------------------------------------------------------------------------
+
+
+def check_overfit_one_batch(setup: CheckSetup) -> CheckResult:
+    limits = setup.thresholds
+    model = setup.build_model().train()
+    x, y = setup.batch(min(limits.overfit_batch_size, len(setup.train)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # a plain, forgiving optimiser: this tests capacity and wiring
+    losses = []
+    for _ in range(limits.overfit_steps):
+        optimizer.zero_grad()
+        loss = setup.loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):
+            break
+    model.eval()
+    with torch.no_grad():
+        outputs = model(x)
+        final = float(setup.loss(outputs, y))
+        accuracy = float((outputs.argmax(1) == y).float().mean()) if setup.classification else float("nan")
+    scale = math.log(setup.data.num_outputs) if setup.classification else 1.0
+    target = limits.overfit_loss_fraction * scale
+    passed = final <= target and (not setup.classification or accuracy == 1.0)
+    shape = diagnose(losses)
+    meaning = f"loss after {len(losses)} steps on one batch of {len(x)} (target {target:.3f})" + (f", accuracy {accuracy:.0%}" if setup.classification else "")
+    figure = plots.curves({"training loss": losses}, title="Overfitting one batch", xlabel="step", ylabel="loss", log_y=all(v > 0 for v in losses), note=shape)
+    return CheckResult("overfit_one_batch", passed, final, target, meaning, f"the loss curve looks {shape}", figure)
+
+
+def diagnose(losses: list[float]) -> str:
+    """The shape of a loss curve, and what it usually means."""
+    if not losses:
+        return "empty"
+    if any(not math.isfinite(v) for v in losses) or max(losses) > 10 * losses[0]:
+        return "exploding: numerics or a learning rate far too high"
+    first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+    if last > first * 1.05:
+        return "rising: a sign error in the loss or labels that do not match the inputs"
+    steps = np.diff(losses[len(losses) // 2 :])
+    if len(steps) > 4 and np.mean(np.abs(steps)) > 3 * abs(np.mean(steps)) and np.std(losses[len(losses) // 2 :]) > 0.1 * last:
+        return "oscillating: the learning rate is too high"
+    if last > 0.9 * first:
+        return "a plateau: learning rate, model capacity, or labels"
+    return "decreasing steadily"
+
+
+# -- 8-11. short fits on the sample ----------------------------------------------------------------
+
+
+@dataclass
+class ShortFit:
+    result: FitResult
+    val_metrics: dict[str, float]
+
+
+def short_fit(setup: CheckSetup, mode: str) -> ShortFit:
+    """Train on the sample: real data, zeroed inputs, or shuffled labels; evaluate on matching validation data."""
+    train, val = setup.train, setup.val
+    if mode == "zeros":
+        train, val = TensorData(torch.zeros_like(train.x), train.y), TensorData(torch.zeros_like(val.x), val.y)
+    elif mode == "shuffled":
+        order = torch.randperm(len(train.y), generator=torch.Generator().manual_seed(setup.engine.seed + 7))
+        train = TensorData(train.x, train.y[order])
+    trainer = Trainer(setup.build_model(), replace(setup.engine, early_stopping_patience=None), train_transform=setup.train_transform, eval_transform=setup.eval_transform)
+    result = trainer.fit(train, val)
+    return ShortFit(result, result.history[-1] if result.history else {})
+
+
+def _score(setup: CheckSetup, fit: ShortFit) -> float:
+    """Higher is better: validation accuracy, or -RMSE for regression."""
+    key = "val_accuracy" if setup.classification else "val_rmse"
+    value = fit.val_metrics.get(key, float("nan"))
+    return value if setup.classification else -value
+
+
+def check_input_independent(setup: CheckSetup, real: ShortFit, zeros: ShortFit) -> CheckResult:
+    margin = setup.thresholds.zero_input_margin
+    gain = _score(setup, real) - _score(setup, zeros)
+    if not setup.classification:  # relative RMSE improvement
+        gain = gain / max(-_score(setup, zeros), 1e-12)
+    return CheckResult(
+        "input_independent_baseline",
+        gain >= margin,
+        gain,
+        margin,
+        "how much better the model does on real inputs than on zeroed ones (validation "
+        + ("accuracy points" if setup.classification else "RMSE, relative") + ")",
+        "the model ignores its inputs: check that images/rows reach the network and match their labels",
+    )
+
+
+def check_label_shuffle(setup: CheckSetup, shuffled: ShortFit) -> CheckResult:
+    margin = setup.thresholds.shuffle_chance_margin
+    if setup.classification:
+        chance = max(setup.data.prior())
+        excess = shuffled.val_metrics.get("val_accuracy", 0.0) - chance
+        meaning = f"validation accuracy above chance ({chance:.1%}, the majority share) after training on shuffled labels"
+    else:
+        excess = shuffled.val_metrics.get("val_r2", 0.0)
+        meaning = "validation R² after training on shuffled targets (0 is chance)"
+    return CheckResult(
+        "label_shuffle_control",
+        excess <= margin,
+        excess,
+        margin,
+        meaning,
+        "beating chance with shuffled labels means the labels leak into the inputs (ids, file order, duplicates across splits)",
+    )
+
+
+def check_loss_decreases(setup: CheckSetup, real: ShortFit) -> CheckResult:
+    losses = [h["train_loss"] for h in real.result.history]
+    decrease = 1 - losses[-1] / losses[0] if losses and losses[0] > 0 else 0.0
+    figure = plots.curves(
+        {"train loss": losses, "val loss": [h.get("val_loss", float("nan")) for h in real.result.history]},
+        title="Training on the sample", xlabel="epoch", ylabel="loss",
+    )  # fmt: skip
+    return CheckResult(
+        "training_loss_decreases",
+        decrease >= setup.thresholds.min_loss_decrease,
+        decrease,
+        setup.thresholds.min_loss_decrease,
+        f"relative decrease of the training loss over {len(losses)} epochs on the sample",
+        "the learning rate (see the range test), the schedule, or the model's capacity",
+        figure,
+    )
+
+
+def check_beats_trivial_baseline(setup: CheckSetup, real: ShortFit) -> CheckResult:
+    margin = setup.thresholds.baseline_margin
+    if setup.classification:
+        majority = int(np.argmax(setup.data.prior()))
+        baseline = float((setup.val.y == majority).float().mean())
+        gain = real.val_metrics.get("val_accuracy", 0.0) - baseline
+        meaning = f"validation accuracy minus the majority-class baseline ({baseline:.1%})"
+    else:
+        std = setup.data.target_scale[1]
+        baseline = float(setup.val.y.float().pow(2).mean().sqrt()) * std  # predicting the training mean, in target units
+        gain = 1 - real.val_metrics.get("val_rmse", math.inf) / baseline
+        meaning = f"relative RMSE improvement over predicting the mean ({baseline:.4g})"
+    return CheckResult("beats_trivial_baseline", gain >= margin, gain, margin, meaning, "more epochs, a better learning rate, or more capacity")
+
+
+# -- 12. learning-rate range test ------------------------------------------------------------------
+
+
+def check_lr_range(setup: CheckSetup, low: float = 1e-6, high: float = 1.0) -> CheckResult:
+    """Raise the learning rate exponentially over the steps; the loss should dip before it explodes."""
+    steps = setup.thresholds.lr_range_steps
+    model = setup.build_model().train()
+    optimizer = make_optimizer(model, replace(setup.engine, lr=low))
+    rates = np.geomspace(low, high, steps)
+    generator = torch.Generator().manual_seed(setup.engine.seed)
+    smoothed, raw, beta, average = [], [], 0.9, 0.0
+    for i, rate in enumerate(rates):
+        for group in optimizer.param_groups:
+            group["lr"] = float(rate)
+        index = torch.randint(len(setup.train), (min(setup.engine.batch_size, len(setup.train)),), generator=generator)
+        x = setup.train_transform(setup.train.x[index])
+        loss = setup.loss(model(x), setup.train.y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            break
+        raw.append(value)
+        average = beta * average + (1 - beta) * value
+        smoothed.append(average / (1 - beta ** (i + 1)))
+        if smoothed[-1] > 4 * min(smoothed):
+            break
+    best = int(np.argmin(smoothed)) if smoothed else 0
+    ratio = smoothed[best] / smoothed[0] if smoothed else 1.0
+    suggested = float(rates[best] / 10)  # a tenth of the loss minimum's rate: fast, and safely below divergence
+    figure = plots.curves(
+        {"loss": raw, "smoothed": smoothed}, x=rates[: len(raw)], log_x=True, marks={f"suggested {suggested:.2g}": suggested},
+        title="Learning-rate range test", xlabel="learning rate", ylabel="loss",
+    )  # fmt: skip
+    return CheckResult(
+        "lr_range_test",
+        ratio <= 0.9,
+        ratio,
+        0.9,
+        f"lowest smoothed loss relative to the first over an exponential sweep {low:g}..{high:g}; suggested learning rate {suggested:.3g}"
+        f" (configured {setup.engine.lr:g})",
+        "no valley: the loss never fell, so no learning rate trains this setup; check the model and data first",
+        figure,
+        extra={"suggested_lr": suggested},
+    )
+
+
+def _label(setup: CheckSetup, index: int) -> str:
+    return setup.data.classes[index] if setup.classification and index < len(setup.data.classes) else f"{index}"

@@ -1,0 +1,113 @@
+"""The whole project config: every section, checked against each other."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
+
+from trainwise.config.base import Section
+from trainwise.config.sections import (
+    AugmentConfig,
+    ChecksConfig,
+    ImageConfig,
+    ModelConfig,
+    RegistryConfig,
+    SampleConfig,
+    SplitConfig,
+    SubmissionConfig,
+    TaskConfig,
+    TrainConfig,
+)
+from trainwise.config.sources import IMAGE_SOURCE_KINDS, DataConfig
+from trainwise.config.tune import TuneConfig
+from trainwise.provenance import canonical_json, short_hash
+
+# --- the project --------------------------------------------------------------------------------
+
+
+class ProjectConfig(Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="lower-case slug; names the experiment")
+    description: str = ""
+    task: TaskConfig
+    data: DataConfig
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
+
+    _source_file: Path | None = PrivateAttr(None)
+    _dry_run: bool = PrivateAttr(False)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProjectConfig:
+        kind = self.data.source.kind
+        if self.task.is_image != (kind in IMAGE_SOURCE_KINDS):
+            raise ValueError(f"data.source.kind {kind!r} does not fit task.type {self.task.type!r}")
+        if self.registry.model_name is None:
+            self.registry.model_name = f"trainwise-{self.name}"
+        return self
+
+    @property
+    def source_file(self) -> Path | None:
+        """The project.yaml this config was loaded from."""
+        return self._source_file
+
+    @property
+    def project_dir(self) -> Path | None:
+        return self._source_file.parent if self._source_file else None
+
+    @property
+    def project_ref(self) -> str:
+        """How to name this project on the command line: relative to the working directory if inside it."""
+        if self.project_dir is None:
+            return self.name
+        try:
+            return self.project_dir.relative_to(Path.cwd()).as_posix()
+        except ValueError:
+            return str(self.project_dir)
+
+    @property
+    def dry_run(self) -> bool:
+        return self._dry_run
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section as plain JSON-able data (what cache keys hash)."""
+        value = getattr(self, name)
+        return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def config_hash(self) -> str:
+        return short_hash(self.to_dict(), 12)
+
+    def flat_params(self) -> dict[str, str]:
+        """The resolved config as flat `section.key` params, each a canonical string."""
+        return flatten(self.to_dict())
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}; lists and empty mappings become canonical JSON."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{path}."))
+        elif isinstance(value, str):
+            flat[path] = value
+        else:
+            flat[path] = canonical_json(value)
+    return flat

@@ -1,0 +1,217 @@
+"""The config sections other than the data source and the tuning space."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from trainwise.config.base import Section, resolve_path
+
+TaskType = Literal["image_classification", "tabular_classification", "tabular_regression"]
+
+# metric -> direction; the first listed per task family is its default.
+CLASSIFICATION_METRICS = {"accuracy": "maximize", "balanced_accuracy": "maximize", "f1_macro": "maximize", "log_loss": "minimize"}
+REGRESSION_METRICS = {"rmse": "minimize", "mae": "minimize", "r2": "maximize"}
+
+
+# --- task ---------------------------------------------------------------------------------------
+
+
+class TaskConfig(Section):
+    type: TaskType
+    target: str = Field("label", description="the column (tables) or field (images) holding what to predict")
+    metric: str | None = Field(None, description="selection metric; default accuracy (classification), rmse (regression)")
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> TaskConfig:
+        allowed = REGRESSION_METRICS if self.type == "tabular_regression" else CLASSIFICATION_METRICS
+        if self.metric is None:
+            self.metric = next(iter(allowed))
+        elif self.metric not in allowed:
+            raise ValueError(f"metric {self.metric!r} does not fit task {self.type!r}; choose one of {sorted(allowed)}")
+        return self
+
+    @property
+    def is_classification(self) -> bool:
+        return self.type != "tabular_regression"
+
+    @property
+    def is_image(self) -> bool:
+        return self.type == "image_classification"
+
+    @property
+    def direction(self) -> str:
+        assert self.metric is not None  # set by the validator
+        return {**CLASSIFICATION_METRICS, **REGRESSION_METRICS}[self.metric]
+
+
+# --- image, sample, split, augmentation ---------------------------------------------------------
+
+
+class ImageConfig(Section):
+    size: tuple[int, int] = Field((32, 32), description="height, width the network sees; one number means square")
+    channels: Literal[1, 3] = 3
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _square(cls, value: Any) -> Any:
+        return (value, value) if isinstance(value, int) else value
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 1:
+            raise ValueError("image sides must be at least 1 pixel")
+        return value
+
+
+class SampleConfig(Section):
+    size: int | None = Field(None, gt=0, description="items in the sample (stratified); default 500 unless fraction is given")
+    fraction: float | None = Field(None, gt=0, le=1, description="share of the data in the sample, instead of size")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SampleConfig:
+        if self.size is not None and self.fraction is not None:
+            raise ValueError("give sample.size or sample.fraction, not both (set the other to null)")
+        if self.size is None and self.fraction is None:
+            self.size = 500
+        return self
+
+
+class SplitConfig(Section):
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, ge=0, lt=1, description="ignored when the source has its own labelled test set")
+    seed: int = 0
+    group_duplicates: bool = Field(True, description="exact and near duplicates never straddle splits")
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> SplitConfig:
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test = {self.val + self.test:g} leaves too little for training (keep it under 0.9)")
+        return self
+
+
+class AugmentConfig(Section):
+    flip: bool = Field(False, description="random horizontal flip (off for digits and text)")
+    crop_padding: int = Field(0, ge=0, description="random crop after padding by this many pixels")
+    rotation: float = Field(0.0, ge=0, le=180, description="max degrees of random rotation")
+    color_jitter: float = Field(0.0, ge=0, le=1, description="brightness/contrast/saturation jitter strength")
+    erasing: float = Field(0.0, ge=0, le=1, description="probability of random erasing")
+
+
+# --- model and training -------------------------------------------------------------------------
+
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+_MODEL_REF = re.compile(
+    rf"^(?:(?P<registered>{_IDENTIFIER})"
+    rf"|torchvision:(?P<torchvision>{_IDENTIFIER})"
+    rf"|(?P<file>[^:]+\.py):(?P<file_class>{_IDENTIFIER})"
+    rf"|(?P<module>{_IDENTIFIER}(?:\.{_IDENTIFIER})*):(?P<module_class>{_IDENTIFIER}))$"
+)
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "simple_cnn",
+        description="a registered architecture, 'torchvision:<name>', 'path/to/file.py:Class' or 'package.module:Class'",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the architecture")
+    init: str | None = Field(None, description="start weights: a .safetensors file or models:/<name>@<alias>")
+    freeze_backbone_epochs: int = Field(0, ge=0)
+    prior_bias_init: bool = Field(True, description="initialise the output bias to the class prior")
+
+    @field_validator("name")
+    @classmethod
+    def _model_ref(cls, value: str, info: ValidationInfo) -> str:
+        match = _MODEL_REF.match(value)
+        if match is None:
+            raise ValueError(
+                f"{value!r} is not a model reference; use a registered name (simple_cnn), 'torchvision:resnet18', "
+                "'path/to/file.py:ClassName' or 'package.module:ClassName'"
+            )
+        if match["file"]:
+            path = resolve_path(Path(match["file"]), info)
+            return f"{path}:{match['file_class']}"
+        return value
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value.startswith(("models:/", "runs:/")):
+            return value
+        path = resolve_path(Path(value), info)
+        return str(path)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum")
+    schedule: Literal["onecycle", "cosine", "step", "none"] = "onecycle"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    early_stopping_patience: int | None = Field(5, ge=1, description="epochs without improvement before stopping")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = Field(False, description="torch.compile (measured slower on CPU for small CNNs)")
+    num_workers: int = Field(0, ge=0)
+    seed: int = 0
+
+
+class ChecksConfig(Section):
+    """Thresholds of the pipeline checks (step 4) and of the data checks they carry over."""
+
+    init_loss_tolerance: float = Field(0.25, gt=0, description="|loss at init - ln C| / ln C allowed")
+    input_std_tolerance: float = Field(0.5, gt=0, description="per-channel mean within this of 0, std within it of 1")
+    overfit_batch_size: int = Field(16, ge=2)
+    overfit_steps: int = Field(200, ge=1)
+    overfit_loss_fraction: float = Field(0.1, gt=0, lt=1, description="final loss below this fraction of ln C")
+    zero_input_margin: float = Field(0.1, ge=0, description="real inputs must beat zeroed inputs by this much accuracy")
+    shuffle_chance_margin: float = Field(0.15, ge=0, description="shuffled labels may beat chance by at most this")
+    baseline_margin: float = Field(0.1, ge=0, description="must beat the trivial baseline by this much")
+    min_loss_decrease: float = Field(0.2, ge=0, lt=1, description="relative training loss decrease over the sample run")
+    sample_epochs: int = Field(
+        15, ge=2, description="epochs of the check step's short runs on the sample (its own budget: the sample is small)"
+    )
+    lr_range_steps: int = Field(100, ge=5)
+    max_label_distance: float = Field(0.1, ge=0, le=1, description="total variation, sample vs full labels")
+    max_property_drift: float = Field(0.2, ge=0, le=1, description="KS statistic, sample vs full image properties")
+    max_leaked_duplicates: int = Field(0, ge=0, description="duplicates allowed across splits")
+    learning_curve_fractions: list[float] = Field(
+        [0.1, 0.25, 0.5], description="training-set shares trained after the full run for the learning curve; [] to skip"
+    )
+
+    @field_validator("learning_curve_fractions")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in value):
+            raise ValueError("learning-curve fractions must lie strictly between 0 and 1")
+        return sorted(value)
+
+
+# --- registry and submission --------------------------------------------------------------------
+
+
+class RegistryConfig(Section):
+    model_name: str | None = Field(None, description="registered model name; default trainwise-<project>")
+    promotion_margin: float = Field(0.0, ge=0, description="the challenger must beat the champion by at least this")
+
+
+class SubmissionConfig(Section):
+    id_column: str = "id"
+    target_column: str = "label"
+    format: Literal["label", "index", "probabilities"] = "label"
+    sample_submission: Path | None = Field(None, description="a sample submission whose ids and header must be matched")
+
+    @field_validator("sample_submission")
+    @classmethod
+    def _exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return resolve_path(value, info)

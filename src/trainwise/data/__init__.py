@@ -1,0 +1,1 @@
+"""Data sources, validation, manifests, decoded caches, transforms and loaders."""

@@ -1,0 +1,55 @@
+"""From a project config and prepared data to a model and engine settings: one place for check, train and tune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainwise.config import ProjectConfig
+from trainwise.data.loading import PreparedData
+from trainwise.engine import EngineConfig
+from trainwise.metrics import CLASSIFICATION
+
+
+def build_model(cfg: ProjectConfig, data: PreparedData, *, seed: int | None = None, init_weights: Path | None = None) -> nn.Module:
+    """A fresh model seeded from train.seed (or `seed`), its output bias set to the class prior when asked."""
+    from trainwise.models import create_model, init_output_bias, load_initial_weights
+
+    torch.manual_seed(cfg.train.seed if seed is None else seed)
+    model = create_model(cfg.model.name, input_shape=data.input_shape, num_outputs=data.num_outputs, params=cfg.model.params)
+    if init_weights is not None:
+        load_initial_weights(model, init_weights)
+    elif cfg.model.prior_bias_init:
+        # Classification: logits start at log(prior), so the loss at init is the prior's entropy.
+        # Regression: targets are standardised, so a zero bias already predicts the mean.
+        init_output_bias(model, data.prior() if data.task == CLASSIFICATION else 0.0)
+    return model
+
+
+def engine_config(cfg: ProjectConfig, data: PreparedData, *, epochs: int | None = None, early_stopping: bool = True) -> EngineConfig:
+    train = cfg.train
+    assert cfg.task.metric is not None
+    return EngineConfig(
+        task=data.task,
+        num_outputs=data.num_outputs,
+        epochs=epochs or train.epochs,
+        batch_size=train.batch_size,
+        optimizer=train.optimizer,
+        lr=train.lr,
+        weight_decay=train.weight_decay,
+        momentum=train.momentum,
+        schedule=train.schedule,
+        label_smoothing=train.label_smoothing if data.task == CLASSIFICATION else 0.0,
+        grad_clip=train.grad_clip,
+        early_stopping_patience=train.early_stopping_patience if early_stopping else None,
+        device=train.device,
+        precision=train.precision,
+        channels_last=train.channels_last,
+        compile=train.compile,
+        seed=train.seed,
+        metric=cfg.task.metric,
+        direction=cfg.task.direction,
+        target_scale=data.target_scale,
+    )

@@ -1,0 +1,22 @@
+"""The artifact names steps hand to each other (DESIGN.md: steps talk only through run artifacts).
+
+Producer -> consumers. A step finds its upstream run by tags, then reads these paths from it.
+"""
+
+# ingest -> explore, sample, prepare
+MANIFEST = "manifest.parquet"  # images: one row per file (id, path, label, split, hashes, size, status, dup_group)
+TABLE = "table.parquet"  # tables: the training rows as read
+TEST_TABLE = "test_table.parquet"  # tables: the provided test rows, if any
+QUARANTINE = "quarantine.csv"  # every unusable file with its reason
+DUPLICATES = "duplicates.csv"  # one row per exact/near duplicate group
+QUALITY = "quality_report.json"  # counts, findings, thresholds
+
+# sample -> prepare, check
+SAMPLE = "sample.parquet"  # ids of the items in the sample
+REPRESENTATIVENESS = "representativeness.json"  # sample-vs-full checks
+
+# prepare -> check, train, tune
+SPLITS = "splits.parquet"  # id -> train/val/test, for the full data and the sample
+NORMALIZATION = "normalization.json"  # per-channel mean/std from the training split
+PREPROCESSING = "preprocessing.json"  # what the served model must do to raw inputs
+CACHE_INFO = "cache.json"  # where the decoded cache is and its digest

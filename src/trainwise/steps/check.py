@@ -1,0 +1,122 @@
+"""Step 4, check: train simple models on the sample and prove the pipeline sound before spending compute.
+
+Runs the pipeline checks (trainwise.checks.pipeline) and carries over the data checks of ingest,
+sample and prepare, so one report answers "is it safe to train on the full data?". The result gates
+`train`: it refuses to start unless this step passed for the same data and pipeline config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pandas as pd
+
+from trainwise.checks import CheckResult, summary
+from trainwise.checks.pipeline import CheckSetup, run_pipeline_checks
+from trainwise.config import ProjectConfig
+from trainwise.data.loading import image_transforms
+from trainwise.datacard import CardSection, render_html
+from trainwise.errors import ChecksFailedError
+from trainwise.fitting import build_model, engine_config
+from trainwise.steps import artifacts
+from trainwise.steps.inputs import load_prepared_data
+from trainwise.steps.runner import TAG_PASSED, StepContext
+from trainwise.steps.sample import TAG_CHECKS
+from trainwise.tracking import StepRun
+
+log = logging.getLogger(__name__)
+
+CHECKS = "checks.json"
+REPORT = "check_report.html"
+
+
+def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
+    data = load_prepared_data(cfg, ctx, "sample")
+    if data.is_image:
+        train_transform, eval_transform = image_transforms(cfg, data)
+    else:
+        train_transform = eval_transform = _as_float
+    setup = CheckSetup(
+        data=data,
+        build_model=lambda: build_model(cfg, data),
+        engine=engine_config(cfg, data, epochs=cfg.checks.sample_epochs, early_stopping=False),
+        train_transform=train_transform,
+        eval_transform=eval_transform,
+        thresholds=cfg.checks,
+        prior_bias_init=cfg.model.prior_bias_init,
+    )
+    results = run_pipeline_checks(setup) + carried_over(cfg, ctx)
+    passed = all(r.passed for r in results)
+
+    rows = pd.DataFrame([r.to_dict() for r in results]).drop(columns=["extra"], errors="ignore")
+    run.log_dict({"passed": passed, "checks": [r.to_dict() for r in results]}, CHECKS)
+    run.log_table(rows, "checks_table.json")
+    for result in results:
+        if result.figure is not None:
+            run.log_figure(result.figure, f"checks/{result.name}.png")
+    metrics = {f"check.{r.name}": float(r.passed) for r in results} | {f"check_value.{r.name}": r.value for r in results}
+    metrics |= {k: v for r in results for k, v in r.extra.items()}
+    run.log_metrics(metrics)
+    run.set_tags({TAG_CHECKS: summary(results)})
+    run.log_text(render_html(f"{cfg.name}: pipeline checks ({summary(results)})", [_section(r) for r in results]), REPORT)
+    run.set_description(_markdown(cfg, results))
+    for result in results:
+        if not result.passed:
+            log.warning("check %s failed: %.4g vs %.4g: %s. %s", result.name, result.value, result.threshold, result.meaning, result.advice)
+    return {"passed": passed, "checks": summary(results), "failed": [r.name for r in results if not r.passed]}
+
+
+def require_passed_checks(ctx: StepContext) -> None:
+    """Train only after the checks passed for the same data and pipeline config (or when told to skip)."""
+    if ctx.skip_checks:
+        log.warning("--skip-checks: training without a passed check run (recorded as a tag)")
+        return
+    check = ctx.tracker.get_run(ctx.upstream["check"])
+    if check.data.tags.get(TAG_PASSED) != "true":
+        raise ChecksFailedError(
+            f"the pipeline checks for this data and config failed ({check.data.tags.get('trainwise.checks', '?')}); "
+            f"see {ctx.tracker.url_of(check)}. Fix what they report, or train anyway with --skip-checks"
+        )
+
+
+def carried_over(cfg: ProjectConfig, ctx: StepContext) -> list[CheckResult]:
+    """The data checks of earlier steps, as rows of this report (so one table says whether to train)."""
+    results = []
+    quality = json.loads(ctx.upstream_artifact("ingest", artifacts.QUALITY).read_text())
+    if "counts" in quality:  # images
+        share = quality["counts"]["bad_fraction"]
+        results.append(
+            CheckResult(
+                "data_quarantine_share",
+                share <= cfg.data.max_bad_fraction,
+                share,
+                cfg.data.max_bad_fraction,
+                "share of files quarantined by ingest",
+                "see quarantine.csv of the ingest run",
+            )
+        )
+    for step, name in (("prepare", "leakage.json"), ("sample", artifacts.REPRESENTATIVENESS)):
+        for row in json.loads(ctx.upstream_artifact(step, name).read_text())["checks"]:
+            results.append(CheckResult(f"data_{row['name']}", row["passed"], row["value"], row["threshold"], row["meaning"], row["advice"]))
+    return results
+
+
+def _section(result: CheckResult) -> CardSection:
+    verdict = "PASSED" if result.passed else "FAILED"
+    text = f"{verdict}: {result.value:.4g} (threshold {result.threshold:.4g}).\n\n{result.meaning}."
+    if not result.passed:
+        text += f"\n\nWhat to do: {result.advice}."
+    return CardSection(f"{'✔' if result.passed else '✘'} {result.name}", text, {result.name: result.figure} if result.figure is not None else {})
+
+
+def _markdown(cfg: ProjectConfig, results: list[CheckResult]) -> str:
+    lines = [f"# {cfg.name}: pipeline checks, {summary(results)}", "", "| check | passed | value | threshold |", "|---|---|---:|---:|"]
+    lines += [f"| {r.name} | {'yes' if r.passed else '**no**'} | {r.value:.4g} | {r.threshold:.4g} |" for r in results]
+    lines += ["", f"Figures under `checks/`, the full report in `{REPORT}`."]
+    return "\n".join(lines)
+
+
+def _as_float(x: Any) -> Any:
+    return x.float()

@@ -1,0 +1,187 @@
+"""Step 3, prepare: splits without leakage, statistics from the training split, augmentation, the cache.
+
+The same code prepares the full data and the sample (scope 'full' and 'sample' in splits.parquet),
+so the checks on the sample exercise exactly the pipeline that trains on the full data.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from trainwise import plots
+from trainwise.checks import CheckResult, summary
+from trainwise.config import ProjectConfig
+from trainwise.data.cache import build_cache, channel_stats
+from trainwise.data.records import list_images
+from trainwise.data.sampling import group_split, strata
+from trainwise.data.table_prep import TablePreprocessor
+from trainwise.data.transforms import augment_batch, build_augmentation, denormalize, normalize
+from trainwise.steps import artifacts
+from trainwise.steps.inputs import IngestedData, load_ingested
+from trainwise.steps.runner import StepContext
+from trainwise.steps.sample import TAG_CHECKS
+from trainwise.tracking import StepRun
+
+log = logging.getLogger(__name__)
+
+FULL, SAMPLE = "full", "sample"
+PREVIEW_SIZE = 32
+
+
+def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
+    data = load_ingested(cfg, ctx)
+    sample_ids = set(pd.read_parquet(ctx.upstream_artifact("sample", artifacts.SAMPLE))["id"])
+    splits = make_splits(cfg, data, sample_ids)
+    leaks = leakage_checks(cfg, data, splits)
+
+    run.log_frame(splits, artifacts.SPLITS)
+    counts = splits.groupby(["scope", "split"]).size().rename("items").reset_index()
+    run.log_frame(counts, "split_counts.csv")
+    run.log_metrics({f"items.{r.scope}.{r.split}": r.items for r in counts.itertuples()})
+    run.log_dict({"checks": [r.to_dict() for r in leaks]}, "leakage.json")
+    run.log_metrics({f"check.{r.name}": float(r.passed) for r in leaks} | {f"leaked.{r.name}": r.value for r in leaks})
+    run.set_tags({TAG_CHECKS: summary(leaks)})
+    for result in leaks:
+        if not result.passed:
+            log.warning("%s: %s = %g (allowed %g): %s", cfg.name, result.name, result.value, result.threshold, result.advice)
+
+    outputs = _prepare_images(cfg, run, ctx, data, splits) if cfg.task.is_image else _prepare_table(cfg, run, data, splits)
+    run.set_description(_markdown(cfg, counts, leaks, outputs))
+    return outputs
+
+
+def make_splits(cfg: ProjectConfig, data: IngestedData, sample_ids: set[str]) -> pd.DataFrame:
+    """id, label, split (train/val/test/submit) and scope (full/sample) of every item."""
+    pool = data.pool
+    grouped = cfg.task.is_image and cfg.split.group_duplicates and "dup_group" in pool
+    groups = pool["dup_group"].astype("Int64").fillna(-1 - pd.Series(range(len(pool)))) if grouped else pd.Series(pool.index)
+    groups.index = pool.index
+    kinds = strata(pool[data.label], classification=cfg.task.is_classification)
+    # A provided labelled test set stays the test set; otherwise part of the pool is held out.
+    fractions = {"val": cfg.split.val} if data.test_labelled or not cfg.split.test else {"test": cfg.split.test, "val": cfg.split.val}
+    full = pool[["id", data.label]].assign(split=group_split(kinds, groups, fractions, seed=cfg.split.seed), scope=FULL)
+    in_sample = pool["id"].isin(sample_ids)
+    sample = pool.loc[in_sample, ["id", data.label]].assign(
+        split=group_split(kinds[in_sample], groups[in_sample], {"val": cfg.split.val}, seed=cfg.split.seed), scope=SAMPLE
+    )
+    parts = [full, sample]
+    if data.test is not None:
+        test = data.test
+        label = test[data.label] if data.label in test else pd.Series([None] * len(test), index=test.index)
+        parts.append(pd.DataFrame({"id": test["id"], data.label: label, "split": "test" if data.test_labelled else "submit", "scope": FULL}))
+    return pd.concat(parts, ignore_index=True).rename(columns={data.label: "label"})
+
+
+def leakage_checks(cfg: ProjectConfig, data: IngestedData, splits: pd.DataFrame) -> list[CheckResult]:
+    """Duplicate groups spanning splits (per scope), and pool items duplicated in the provided test set."""
+    if not cfg.task.is_image:
+        return [_leak_check("table_rows_across_splits", _table_leaks(data, splits), cfg.checks.max_leaked_duplicates)]
+    results = []
+    info = pd.concat([data.pool, data.test] if data.test is not None else [data.pool])[["id", "sha256", "dup_group"]]
+    for scope in (FULL, SAMPLE):
+        part = splits[(splits["scope"] == scope) & splits["split"].isin(["train", "val", "test"])].merge(info, on="id")
+        spanning = part.dropna(subset=["dup_group"]).groupby("dup_group")["split"].nunique()
+        results.append(_leak_check(f"duplicate_groups_across_splits_{scope}", int((spanning > 1).sum()), cfg.checks.max_leaked_duplicates))
+    if data.test is not None:
+        overlap = int(data.pool["sha256"].isin(set(data.test["sha256"])).sum())
+        results.append(_leak_check("pool_images_in_provided_test", overlap, cfg.checks.max_leaked_duplicates))
+    return results
+
+
+def _table_leaks(data: IngestedData, splits: pd.DataFrame) -> int:
+    features = [c for c in data.pool.columns if c not in ("id", data.label)]
+    full = splits[splits["scope"] == FULL][["id", "split"]].merge(data.pool, on="id")
+    spanning = full.groupby(features, dropna=False)["split"].nunique()
+    return int((spanning > 1).sum())
+
+
+def _leak_check(name: str, value: int, allowed: int) -> CheckResult:
+    return CheckResult(
+        name=name,
+        passed=value <= allowed,
+        value=float(value),
+        threshold=float(allowed),
+        meaning="identical or near-identical items on both sides of a split inflate validation and test scores",
+        advice="keep split.group_duplicates on, and remove duplicates shared with the provided test set",
+    )
+
+
+def _prepare_images(cfg: ProjectConfig, run: StepRun, ctx: StepContext, data: IngestedData, splits: pd.DataFrame) -> dict[str, Any]:
+    items = pd.concat([data.pool, data.test] if data.test is not None else [data.pool], ignore_index=True)
+    items = items.merge(splits[splits["scope"] == FULL][["id", "split"]], on="id", suffixes=("_ingest", ""))
+    digest = ctx.tracker.get_run(ctx.upstream["ingest"]).data.tags["trainwise.data_digest"]
+    root = list_images(cfg).root
+    cache = build_cache(
+        items[["id", "path", "label", "split"]], root, data_digest=digest, size=cfg.image.size,
+        channels=cfg.image.channels, max_pixels=cfg.data.max_image_pixels,
+    )  # fmt: skip
+    images, index = cache.images(), cache.index()
+    position = pd.Series(np.arange(len(index)), index=index["id"])
+    stats = {}
+    for scope in (FULL, SAMPLE):
+        train_ids = splits[(splits["scope"] == scope) & (splits["split"] == "train")]["id"]
+        mean, std = channel_stats(images, position[train_ids].to_numpy())
+        stats[scope] = {"mean": mean, "std": std, "items": len(train_ids)}
+    run.log_dict(stats, artifacts.NORMALIZATION)
+    run.log_dict({**cache.info(), "folder": str(cache.folder)}, artifacts.CACHE_INFO)
+    run.log_dict(
+        {"kind": "image", "size": list(cfg.image.size), "channels": cfg.image.channels, "mean": stats[FULL]["mean"], "std": stats[FULL]["std"]},
+        artifacts.PREPROCESSING,
+    )
+    run.set_tags({"trainwise.cache_digest": cache.key})
+    run.log_metrics({f"norm.mean_c{i}": m for i, m in enumerate(stats[FULL]["mean"])} | {f"norm.std_c{i}": s for i, s in enumerate(stats[FULL]["std"])})
+    run.log_figure(augmentation_preview(cfg, images, position, splits, stats[FULL]), "augmentation_preview.png")
+    return {"cache": cache.key, "normalization": stats[FULL]}
+
+
+def augmentation_preview(cfg: ProjectConfig, images: np.ndarray, position: pd.Series, splits: pd.DataFrame, stats: dict) -> Any:
+    """One training batch exactly as the network sees it (augmented, normalised), denormalised to show."""
+    train = splits[(splits["scope"] == FULL) & (splits["split"] == "train")]
+    train = train.sample(n=min(PREVIEW_SIZE, len(train)), random_state=cfg.train.seed)  # a shuffled batch, as in training
+    batch = torch.from_numpy(np.ascontiguousarray(images[position[train["id"]].to_numpy()])).permute(0, 3, 1, 2)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.train.seed)
+    seen = normalize(augment_batch(batch, build_augmentation(cfg.augment, cfg.image.size)), stats["mean"], stats["std"])
+    torch.random.set_rng_state(generator_state)
+    shown = denormalize(seen, stats["mean"], stats["std"]).permute(0, 2, 3, 1).numpy()
+    return plots.image_batch(shown, [str(label) for label in train["label"]], title="Augmented training batch (as the network sees it)")
+
+
+def _prepare_table(cfg: ProjectConfig, run: StepRun, data: IngestedData, splits: pd.DataFrame) -> dict[str, Any]:
+    fitted = {}
+    for scope in (FULL, SAMPLE):
+        train_ids = splits[(splits["scope"] == scope) & (splits["split"] == "train")]["id"]
+        train = data.pool[data.pool["id"].isin(train_ids)]
+        prep = TablePreprocessor.fit(train, data.label, drop=_identifier_columns(data))
+        fitted[scope] = prep.to_dict()
+        if not cfg.task.is_classification:
+            target = pd.to_numeric(train[data.label])
+            fitted[scope]["target_mean"], fitted[scope]["target_std"] = float(target.mean()), float(target.std(ddof=0)) or 1.0
+    run.log_dict({"kind": "table", **fitted}, artifacts.PREPROCESSING)
+    dropped = fitted[FULL]["dropped"]
+    if dropped:
+        log.info("%s: dropped columns %s", cfg.name, dropped)
+    return {"features": len(TablePreprocessor.from_dict({k: v for k, v in fitted[FULL].items() if not k.startswith("target_")}).feature_names)}
+
+
+def _identifier_columns(data: IngestedData) -> dict[str, str]:
+    from trainwise.data.table_quality import table_findings
+
+    findings = table_findings(data.pool.drop(columns=["id"]), data.label, classification=True)
+    return {f.column: "identifier-like" for f in findings if f.check == "identifier_like" and f.column}
+
+
+def _markdown(cfg: ProjectConfig, counts: pd.DataFrame, leaks: list[CheckResult], outputs: dict[str, Any]) -> str:
+    lines = [f"# {cfg.name}: prepare", "", "| scope | split | items |", "|---|---|---:|"]
+    lines += [f"| {r.scope} | {r.split} | {r.items:,} |" for r in counts.itertuples()]
+    lines += ["", "| leakage check | passed | found | allowed |", "|---|---|---:|---:|"]
+    lines += [f"| {r.name} | {'yes' if r.passed else '**no**'} | {r.value:g} | {r.threshold:g} |" for r in leaks]
+    if "normalization" in outputs:
+        norm = outputs["normalization"]
+        lines += ["", f"Normalisation (training split only): mean {np.round(norm['mean'], 4).tolist()}, std {np.round(norm['std'], 4).tolist()}."]
+    return "\n".join(lines)

@@ -1,0 +1,202 @@
+"""Step 5, train: the full data, gated on the checks, tracked per epoch, evaluated once on the test split.
+
+Also trains the sample and a few fractions of the full training set with the same settings, so the
+sample-vs-full report can say whether the full run behaved the way the sample predicted. The model
+is logged as a pyfunc that predicts from raw inputs (see serving.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from trainwise import serving
+from trainwise.callbacks import CheckpointCallback, FreezeBackbone, TrackingCallback
+from trainwise.checkpoints import load_checkpoint
+from trainwise.checks import summary
+from trainwise.checks.sample_vs_full import RunSummary, error_of, sample_vs_full
+from trainwise.config import ProjectConfig
+from trainwise.data.loading import PreparedData, image_transforms
+from trainwise.data.records import list_images
+from trainwise.data.sampling import stratified_sample
+from trainwise.datacard import CardSection, render_html
+from trainwise.engine import Callback, FitResult, TensorData, Trainer
+from trainwise.errors import ConfigError, Terminated
+from trainwise.evaluation import learning_curves, per_class_table, predict_split, report_figures
+from trainwise.fitting import build_model, engine_config
+from trainwise.metrics import CLASSIFICATION
+from trainwise.paths import trainwise_home
+from trainwise.provenance import short_hash
+from trainwise.steps import artifacts
+from trainwise.steps.check import require_passed_checks
+from trainwise.steps.inputs import load_prepared_data
+from trainwise.steps.runner import StepContext, checkpoint_dir
+from trainwise.tracking import StepRun, Tracker
+
+log = logging.getLogger(__name__)
+
+REPORT = "sample_vs_full.html"
+TAG_MODEL = "trainwise.model_uri"
+
+
+def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
+    require_passed_checks(ctx)
+    full = load_prepared_data(cfg, ctx, "full")
+    trainer = make_trainer(cfg, full, ctx.tracker, callbacks=[TrackingCallback(run), CheckpointCallback(checkpoint_dir(run.run_id))])
+    resume = load_checkpoint(checkpoint_dir(ctx.resume_from) / "last.pt") if ctx.resume_from else None
+    with _keep_checkpoint_on_interrupt(run, trainer), run.system_metrics():
+        result = trainer.fit(full.splits["train"], full.splits.get("val"), resume=resume)
+    trainer.model.load_state_dict(result.best_state)  # evaluate the best epoch, not the last
+
+    metric = cfg.task.metric or "accuracy"
+    finals: dict[str, float] = {"best_epoch": float(result.best_epoch), f"best_val_{metric}": result.best_value}
+    sections = []
+    for split_name in ("val", "test"):
+        split = full.splits.get(split_name)
+        if split is None:
+            continue
+        predictions = predict_split(trainer, full, split)
+        # best_val_*: validation again with the best epoch's weights (val_* is the per-epoch history)
+        prefix = "best_val" if split_name == "val" else split_name
+        finals |= {f"{prefix}_{k}": v for k, v in predictions.metrics.items()}
+        for name, figure in report_figures(full, predictions, split=split, split_name=split_name).items():
+            run.log_figure(figure, f"evaluation/{name}.png")
+        if full.task == CLASSIFICATION:
+            run.log_frame(per_class_table(predictions, full.classes), f"evaluation/{split_name}_per_class.csv")
+    run.log_figure(learning_curves(result.history, metric), "evaluation/learning_curves.png")
+    run.log_metrics(finals)
+    log.info("%s: stopped after %d epochs (%s); best val %s %.4f at epoch %d", cfg.name, len(result.history), result.stop_reason, metric, result.best_value, result.best_epoch)
+
+    comparison = _sample_vs_full(cfg, ctx, full, trainer, result)
+    run.log_dict({"checks": [r.to_dict() for r in comparison]}, "sample_vs_full.json")
+    run.log_metrics({f"check.{r.name}": float(r.passed) for r in comparison} | {f"check_value.{r.name}": r.value for r in comparison})
+    run.set_tags({"trainwise.sample_vs_full": summary(comparison)})
+    for check in comparison:
+        if check.figure is not None:
+            sections.append(CardSection(check.name, check.meaning, {check.name: check.figure}))
+    run.log_text(render_html(f"{cfg.name}: sample vs full ({summary(comparison)})", _rows(comparison) + sections), REPORT)
+
+    uri = serving.log_model(run.run_id, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
+    run.set_tags({TAG_MODEL: uri})
+    run.set_description(_markdown(cfg, finals, comparison, result, uri))
+    return {"model_uri": uri, **finals}
+
+
+def make_trainer(cfg: ProjectConfig, data: PreparedData, tracker: Tracker, *, callbacks: list[Callback], epochs: int | None = None) -> Trainer:
+    train_transform, eval_transform = image_transforms(cfg, data) if data.is_image else (None, None)
+    if cfg.model.freeze_backbone_epochs:
+        callbacks = [*callbacks, FreezeBackbone(cfg.model.freeze_backbone_epochs)]
+    init = _initial_weights(cfg, tracker)
+    return Trainer(
+        build_model(cfg, data, init_weights=init),
+        engine_config(cfg, data, epochs=epochs),
+        train_transform=train_transform,
+        eval_transform=eval_transform,
+        callbacks=callbacks,
+    )
+
+
+def _initial_weights(cfg: ProjectConfig, tracker: Tracker) -> Path | None:
+    """model.init: a .safetensors file, or the weights inside a logged or registered trainwise model."""
+    init = cfg.model.init
+    if init is None:
+        return None
+    if not init.startswith(("models:/", "runs:/")):
+        return Path(init)
+    folder = tracker.download_model(init, trainwise_home() / "models" / short_hash(init))
+    found = sorted(folder.rglob("*.safetensors"))
+    if not found:
+        raise ConfigError(f"model.init: {init} holds no .safetensors weights (is it a trainwise model?)")
+    return found[0]
+
+
+@contextmanager
+def _keep_checkpoint_on_interrupt(run: StepRun, trainer: Trainer) -> Any:
+    """On Ctrl-C or SIGTERM, the last epoch's checkpoint goes into the run before it ends KILLED."""
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated):
+        if trainer.last_checkpoint:
+            log.warning("interrupted: keeping the checkpoint of epoch %d (resume with --resume)", trainer.epoch)
+            run.log_artifact(Path(trainer.last_checkpoint), "checkpoints")
+        raise
+
+
+def _sample_vs_full(cfg: ProjectConfig, ctx: StepContext, full: PreparedData, trainer: Trainer, result: FitResult) -> list:
+    metric = cfg.task.metric or "accuracy"
+    sample = load_prepared_data(cfg, ctx, "sample")
+    sample_trainer = make_trainer(cfg, sample, ctx.tracker, callbacks=[])
+    sample_init = _init_loss(sample_trainer, sample)
+    sample_result = sample_trainer.fit(sample.splits["train"], sample.splits.get("val"))
+    full_init = _init_loss(make_trainer(cfg, full, ctx.tracker, callbacks=[]), full)
+    curve = []
+    train = full.splits["train"]
+    for fraction in cfg.checks.learning_curve_fractions:
+        chosen, _ = stratified_sample(pd.Series(train.y.numpy().astype(str)), size=None, fraction=fraction, seed=cfg.sample.seed)
+        index = torch.tensor(chosen.to_numpy(), dtype=torch.long)
+        fitted = make_trainer(cfg, full, ctx.tracker, callbacks=[]).fit(TensorData(train.x[index], train.y[index]), full.splits.get("val"))
+        curve.append((len(index), error_of(fitted.best_value, metric)))
+    return sample_vs_full(
+        _summary(sample_result, sample, sample_init, metric),
+        _summary(result, full, full_init, metric),
+        curve,
+        metric=metric,
+        maximize=cfg.task.direction == "maximize",
+        init_tolerance=cfg.checks.init_loss_tolerance,
+    )
+
+
+def _init_loss(trainer: Trainer, data: PreparedData) -> float:
+    return trainer.evaluate(data.splits["train"])["loss"]
+
+
+def _summary(result: FitResult, data: PreparedData, init_loss: float, metric: str) -> RunSummary:
+    best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
+    return RunSummary(len(data.splits["train"]), init_loss, best.get(f"train_{metric}", float("nan")), best.get(f"val_{metric}", float("nan")))
+
+
+def model_spec(cfg: ProjectConfig, data: PreparedData) -> dict[str, Any]:
+    """What serving needs to rebuild the network and repeat the preprocessing on raw inputs."""
+    return {
+        "model": cfg.model.name,
+        "input_shape": list(data.input_shape),
+        "num_outputs": data.num_outputs,
+        "params": dict(cfg.model.params),
+        "task": data.task,
+        "classes": data.classes,
+        "preprocessing": data.preprocessing,
+    }
+
+
+def input_example(cfg: ProjectConfig, ctx: StepContext, data: PreparedData) -> pd.DataFrame:
+    ids = data.ids.get("val") or data.ids["train"]
+    if data.is_image:
+        manifest = pd.read_parquet(ctx.upstream_artifact("ingest", artifacts.MANIFEST)).set_index("id")
+        root = list_images(cfg).root
+        return pd.DataFrame({serving.IMAGE_COLUMN: [str(root / manifest.at[i, "path"]) for i in ids[:2]]})
+    from trainwise.data.tables import with_ids
+
+    table = with_ids(pd.read_parquet(ctx.upstream_artifact("ingest", artifacts.TABLE)), getattr(cfg.data.source, "id_column", None))
+    return table.set_index("id").loc[ids[:2]].drop(columns=[cfg.task.target]).reset_index(drop=True)
+
+
+def _rows(results: list) -> list[CardSection]:
+    table = pd.DataFrame([{k: v for k, v in r.to_dict().items() if k != "extra"} for r in results])
+    return [CardSection("Checks", "Each row: what was measured, against what, and what to do when it fails.", tables={"Sample vs full": table})]
+
+
+def _markdown(cfg: ProjectConfig, finals: dict[str, float], comparison: list, result: FitResult, uri: str) -> str:
+    metric = cfg.task.metric
+    lines = [f"# {cfg.name}: training on the full data", ""]
+    lines += [f"Best validation {metric} {result.best_value:.4f} at epoch {result.best_epoch} of {len(result.history)} ({result.stop_reason})."]
+    if f"test_{metric}" in finals:
+        lines += ["", f"**Test {metric}: {finals[f'test_{metric}']:.4f}** (evaluated once, with the best epoch's weights)."]
+    lines += ["", f"Model: `{uri}` (predicts from raw inputs: `mlflow.pyfunc.load_model(uri).predict(df)`).", ""]
+    lines += ["| sample vs full | passed | value | threshold |", "|---|---|---:|---:|"]
+    lines += [f"| {r.name} | {'yes' if r.passed else '**no**'} | {r.value:.4g} | {r.threshold:.4g} |" for r in comparison]
+    return "\n".join(lines)

@@ -1,0 +1,304 @@
+"""Step 6, tune: an Optuna study, one child run per trial, the best configuration registered as `challenger`.
+
+The study lives in its own Optuna database (never MLflow's): SQLite under .trainwise/ by default,
+PostgreSQL or a journal file for several workers. Its name comes from the project and the search
+space, and it is opened with load_if_exists, so an interrupted study resumes and several
+`trainwise tune` processes pointed at one storage share it. The trial budget is the study's, not a
+worker's: every worker stops once the study holds `tune.trials` finished trials.
+
+This is the only module that imports optuna (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt  # Optuna's matplotlib plots draw through pyplot; each figure is closed after logging
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from trainwise import serving
+from trainwise.callbacks import TrackingCallback
+from trainwise.config import ProjectConfig, with_overrides
+from trainwise.config.tune import CategoricalParam, FloatParam, IntParam
+from trainwise.data.loading import PreparedData
+from trainwise.engine import Callback, NonFiniteLossError, Trainer
+from trainwise.errors import ConfigError
+from trainwise.evaluation import predict_split
+from trainwise.paths import trainwise_home
+from trainwise.provenance import short_hash
+from trainwise.steps.check import require_passed_checks
+from trainwise.steps.inputs import load_prepared_data
+from trainwise.steps.runner import StepContext
+from trainwise.steps.train import input_example, make_trainer, model_spec
+from trainwise.tracking import CHALLENGER, Registry, StepRun, Tracker
+
+log = logging.getLogger(__name__)
+
+STORAGE_ENV = "TRAINWISE_OPTUNA_STORAGE"
+TAG_TRIAL = "trainwise.trial"
+TAG_TRIAL_STATE = "trainwise.trial_state"
+TAG_STUDY = "trainwise.study"
+RUN_ATTR = "mlflow_run_id"  # trial user attribute: the trial's child run, for the run's status after a worker dies
+
+SAMPLERS = {
+    "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler, "cmaes": optuna.samplers.CmaEsSampler,
+    "qmc": optuna.samplers.QMCSampler, "gp": optuna.samplers.GPSampler,
+}  # fmt: skip
+PRUNERS = {
+    "median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner, "none": optuna.pruners.NopPruner,
+}  # fmt: skip
+
+
+def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
+    require_passed_checks(ctx)
+    if not cfg.tune.space:
+        raise ConfigError(f"{cfg.source_file}: tune.space is empty; name the settings to tune (see projects/digits/project.yaml)")
+    data = load_prepared_data(cfg, ctx, cfg.tune.dataset)
+    storage_url = ctx.options.get("storage") or os.environ.get(STORAGE_ENV) or cfg.tune.storage or default_storage(cfg)
+    study = open_study(cfg, storage_url, run_digest=ctx.upstream["prepare"])
+    run.set_tags({TAG_STUDY: study.study_name, "trainwise.optuna_storage": _redact(storage_url)})
+    log.info("study %s on %s: %d trials so far", study.study_name, _redact(storage_url), len(study.trials))
+
+    objective = Objective(cfg, data, ctx.tracker, run, study.study_name)
+    budget = MaxTrialsCallback(cfg.tune.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)) if cfg.tune.trials else None
+    study.optimize(
+        objective,
+        n_trials=cfg.tune.trials,
+        timeout=cfg.tune.timeout,
+        callbacks=[budget] if budget else [],
+        catch=(NonFiniteLossError,),  # a diverging trial fails; the study goes on
+        gc_after_trial=True,
+    )
+    _end_runs_of_stale_trials(study, ctx.tracker)
+
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not completed:
+        raise ConfigError(f"study {study.study_name} has no completed trial; see the trial runs under {run.url}")
+    best = study.best_trial
+    counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    run.log_dict({"value": best.value, "params": best.params, "trial": best.number}, "best_params.json")
+    run.log_params({f"best.{k}": v for k, v in best.params.items()})
+    run.log_metrics({"best_value": float(best.value), **{f"trials_{k}": v for k, v in counts.items()}})
+    _log_study_plots(study, run)
+    outputs: dict[str, Any] = {"study": study.study_name, "best_value": best.value, "best_params": best.params, **counts}
+    if cfg.tune.retrain:
+        outputs |= retrain_and_register(with_overrides(cfg, best.params), ctx, run, best)
+    run.set_description(_markdown(cfg, study, best, counts, outputs))
+    return outputs
+
+
+# -- the study ---------------------------------------------------------------------------------------
+
+
+def default_storage(cfg: ProjectConfig) -> str:
+    folder = trainwise_home() / "optuna"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / f'{cfg.name}.db'}"
+
+
+def open_study(cfg: ProjectConfig, storage_url: str, *, run_digest: str) -> optuna.Study:
+    tune = cfg.tune
+    space = {k: v.model_dump(mode="json") for k, v in tune.space.items()}
+    # One study per project, search space and training data: the same inputs resume the same study.
+    name = f"{cfg.name}-{short_hash({'space': space, 'dataset': tune.dataset, 'epochs': tune.epochs, 'data': run_digest}, 10)}"
+    sampler_class = SAMPLERS.get(tune.sampler) or getattr(optuna.samplers, tune.sampler, None)
+    if sampler_class is None:
+        raise ConfigError(f"tune.sampler {tune.sampler!r} is not an Optuna sampler; choose {', '.join(SAMPLERS)} or a class name")
+    pruner_class = PRUNERS.get(tune.pruner)
+    if pruner_class is None:
+        raise ConfigError(f"tune.pruner {tune.pruner!r}: choose one of {', '.join(PRUNERS)}")
+    sampler = sampler_class(seed=tune.seed) if "seed" in sampler_class.__init__.__code__.co_varnames else sampler_class()
+    if pruner_class is optuna.pruners.MedianPruner:
+        pruner = pruner_class(n_startup_trials=2, n_warmup_steps=tune.warmup_epochs)
+    elif pruner_class is optuna.pruners.NopPruner:
+        pruner = pruner_class()
+    else:
+        pruner = pruner_class(min_resource=max(1, tune.warmup_epochs))
+    return optuna.create_study(
+        storage=make_storage(storage_url, cfg), sampler=sampler, pruner=pruner, study_name=name,
+        direction=cfg.task.direction, load_if_exists=True,
+    )  # fmt: skip
+
+
+def make_storage(url: str, cfg: ProjectConfig) -> optuna.storages.BaseStorage:
+    """A journal file for paths ending .log/.journal; an RDB storage (heartbeats on) for database URLs."""
+    if "://" not in url:
+        path = Path(url).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return RDBStorage(
+        url,
+        heartbeat_interval=cfg.tune.heartbeat_s,
+        grace_period=cfg.tune.grace_s,
+        # A killed worker's trial is failed once its heartbeat is stale, then queued again with the same params.
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+    )
+
+
+def suggest(trial: optuna.Trial, space: dict[str, FloatParam | IntParam | CategoricalParam]) -> dict[str, Any]:
+    """Every parameter whose `when` conditions hold, in the space's order (conditions name earlier keys)."""
+    chosen: dict[str, Any] = {}
+    pending = dict(space)
+    while pending:
+        progressed = False
+        for key, param in list(pending.items()):
+            conditions = param.when or {}
+            if any(other in pending for other in conditions):
+                continue  # decide its conditions first
+            del pending[key]
+            progressed = True
+            if any(chosen.get(other) != value for other, value in conditions.items()):
+                continue
+            if isinstance(param, FloatParam):
+                chosen[key] = trial.suggest_float(key, param.low, param.high, log=param.log, step=param.step)
+            elif isinstance(param, IntParam):
+                chosen[key] = trial.suggest_int(key, param.low, param.high, log=param.log, step=param.step)
+            else:
+                chosen[key] = trial.suggest_categorical(key, param.choices)
+        if not progressed:
+            raise ConfigError(f"tune.space: the `when` conditions of {', '.join(pending)} depend on each other in a cycle")
+    return chosen
+
+
+class PruningCallback(Callback):
+    """Reports the validation metric every epoch; Optuna decides whether the trial goes on."""
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial = trial
+        self.key = f"val_{metric}"
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        self.trial.report(metrics[self.key], epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.key} {metrics[self.key]:.4f})")
+
+
+class Objective:
+    """One trial: suggest, train (reporting each epoch), return the best validation metric."""
+
+    def __init__(self, cfg: ProjectConfig, data: PreparedData, tracker: Tracker, parent: StepRun, study: str) -> None:
+        self.cfg, self.data, self.tracker, self.parent, self.study = cfg, data, tracker, parent, study
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = suggest(trial, self.cfg.tune.space)
+        trial_cfg = with_overrides(self.cfg, params)
+        metric = trial_cfg.task.metric or "accuracy"
+        tags = {TAG_TRIAL: str(trial.number), TAG_STUDY: self.study, "trainwise.worker": f"{socket.gethostname()}:{os.getpid()}"}
+        pruned: optuna.TrialPruned | None = None
+        with self.tracker.run("trial", parent=self.parent, tags=tags, run_name=f"trial {trial.number}") as child:
+            trial.set_user_attr(RUN_ATTR, child.run_id)
+            child.log_params({**params, "trial": trial.number})
+            trainer = make_trainer(
+                trial_cfg, self.data, self.tracker,
+                callbacks=[TrackingCallback(child, step_losses=False), PruningCallback(trial, metric)],
+                epochs=self.cfg.tune.epochs,
+            )  # fmt: skip
+            try:
+                result = trainer.fit(self.data.splits["train"], self.data.splits.get("val"))
+            except optuna.TrialPruned as signal:
+                pruned = signal
+                child.set_tags({TAG_TRIAL_STATE: "pruned"})
+            else:
+                child.set_tags({TAG_TRIAL_STATE: "complete"})
+                child.log_metrics({"best_value": result.best_value})
+        if pruned is not None:  # the child run ended FINISHED, tagged pruned; Optuna records PRUNED
+            raise pruned
+        return float(result.best_value)
+
+
+def _end_runs_of_stale_trials(study: optuna.Study, tracker: Tracker) -> None:
+    """Trials failed for a stale heartbeat (their worker died) leave RUNNING child runs: end them FAILED."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        run_id = trial.user_attrs.get(RUN_ATTR)
+        if run_id and tracker.get_run(run_id).info.status == "RUNNING":
+            tracker.end_run(run_id, "FAILED", reason="its worker stopped sending heartbeats; the trial was retried")
+
+
+def _log_study_plots(study: optuna.Study, run: StepRun) -> None:
+    from optuna.visualization import matplotlib as views
+
+    plots = {
+        "optimization_history": views.plot_optimization_history,
+        "intermediate_values": views.plot_intermediate_values,
+        "parallel_coordinate": views.plot_parallel_coordinate,
+        "slice": views.plot_slice,
+        "param_importances": views.plot_param_importances,
+    }
+    for name, draw in plots.items():
+        try:
+            axes = draw(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances need 2+ completed trials
+            log.info("study plot %s skipped: %s", name, exc)
+            continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        run.log_figure(figure, f"study/{name}.png")
+        plt.close(figure)
+
+
+# -- the best configuration ---------------------------------------------------------------------------
+
+
+def retrain_and_register(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, best: FrozenTrial) -> dict[str, Any]:
+    """Train the best configuration on the full training data, evaluate it on the test split, register it."""
+    full = load_prepared_data(cfg, ctx, "full")
+    metric = cfg.task.metric or "accuracy"
+    with ctx.tracker.run("retrain", parent=parent, run_name=f"best (trial {best.number})") as child:
+        child.log_params({**best.params, "trial": best.number})
+        trainer = make_trainer(cfg, full, ctx.tracker, callbacks=[TrackingCallback(child)])
+        result = trainer.fit(full.splits["train"], full.splits.get("val"))
+        trainer.model.load_state_dict(result.best_state)
+        finals = {"best_val_" + metric: result.best_value}
+        if "test" in full.splits:
+            finals |= {f"test_{k}": v for k, v in predict_split(trainer, full, full.splits["test"]).metrics.items()}
+        child.log_metrics(finals)
+        uri = serving.log_model(child.run_id, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
+        retrain_run = child.run_id
+    check = ctx.tracker.get_run(ctx.upstream["check"]) if "check" in ctx.upstream else None
+    ingest = ctx.tracker.get_run(ctx.upstream["ingest"])
+    tags = {
+        "trainwise.source_run": retrain_run,
+        "trainwise.tune_run": parent.run_id,
+        "trainwise.data_digest": ingest.data.tags.get("trainwise.data_digest", ""),
+        "trainwise.checks": check.data.tags.get("trainwise.checks", "skipped") if check else "skipped",
+        "trainwise.checks_passed": check.data.tags.get("trainwise.passed", "false") if check else "false",
+        "trainwise.config_hash": cfg.config_hash(),
+        **{f"trainwise.{k}": f"{v:.6g}" for k, v in finals.items() if k.startswith("test_")},
+    }
+    registry = Registry(ctx.tracker.tracking_uri)
+    name = cfg.registry.model_name or cfg.name
+    version = registry.register(uri, name, tags=tags)
+    registry.set_alias(name, CHALLENGER, version.version)
+    parent.set_tags({"trainwise.registered_version": version.version, "trainwise.model_uri": uri})
+    log.info("registered %s version %s as %s (%s)", name, version.version, CHALLENGER, registry.url(name, version.version))
+    return {"model_uri": uri, "version": version.version, "registered_model": name, **finals}
+
+
+def _markdown(cfg: ProjectConfig, study: optuna.Study, best: FrozenTrial, counts: dict[str, int], outputs: dict[str, Any]) -> str:
+    lines = [
+        f"# {cfg.name}: tuning", "",
+        f"Study `{study.study_name}`: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed trials.", "",
+        f"Best: trial {best.number}, validation {cfg.task.metric} {best.value:.4f}", "",
+        "| parameter | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in best.params.items()), "",
+    ]  # fmt: skip
+    if "version" in outputs:
+        lines.append(f"Retrained on the full data and registered as `{outputs['registered_model']}` version {outputs['version']}, alias `challenger`.")
+    lines.append("Plots of the study under `study/`; one child run per trial.")
+    return "\n".join(lines)
+
+
+def _redact(url: str) -> str:
+    """A storage URL without its password, for tags and logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        return f"{scheme}://{credentials.split(':')[0]}:***@{host}"
+    return url

@@ -1,0 +1,83 @@
+"""The model registry: registered models, versions and aliases (MLflow's stages are deprecated)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from trainwise.tracking.runs import TAG_PROJECT, connect
+
+CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous-champion"
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: str
+    source: str  # the logged model's URI
+    run_id: str | None
+    tags: dict[str, str]
+    aliases: list[str]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+class Registry:
+    """Registered models, their versions and aliases on one tracking server."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.client = connect(tracking_uri)
+        self.tracking_uri = tracking_uri
+
+    def register(self, model_uri: str, name: str, *, tags: Mapping[str, Any] | None = None) -> ModelVersionInfo:
+        """A new version of `name` (created on first use) from a logged model's URI."""
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            with contextlib.suppress(MlflowException):  # another worker may have created it first
+                self.client.create_registered_model(name, tags={TAG_PROJECT: name})
+        version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+        return self.version(name, str(version.version))
+
+    def version(self, name: str, version: str) -> ModelVersionInfo:
+        return _version_info(self.client.get_model_version(name, version))
+
+    def by_alias(self, name: str, alias: str) -> ModelVersionInfo | None:
+        """The version `alias` points at, or None when the model or the alias does not exist."""
+        try:
+            return _version_info(self.client.get_model_version_by_alias(name, alias))
+        except MlflowException:
+            return None
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        with contextlib.suppress(MlflowException):
+            self.client.delete_registered_model_alias(name, alias)
+
+    def set_tags(self, name: str, version: str, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, str(value))
+
+    def url(self, name: str, version: str | None = None) -> str:
+        base = f"{self.tracking_uri.rstrip('/')}/#/models/{name}"
+        return f"{base}/versions/{version}" if version else base
+
+
+def _version_info(version: Any) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        name=version.name,
+        version=str(version.version),
+        source=version.source,
+        run_id=version.run_id,
+        tags=dict(version.tags or {}),
+        aliases=list(version.aliases or []),
+    )

@@ -1,0 +1,213 @@
+"""Steps 2A, 2C and 3 against the fixture server, on real data written into tmp_path."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from PIL import Image
+
+from tests.helpers import invoke, step_runs
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = str(REPO / "projects" / "digits")
+
+
+
+
+def artifact(server: str, run, path: str, tmp_path: Path) -> Path:
+    return Path(MlflowClient(server).download_artifacts(run.info.run_id, path, str(tmp_path)))
+
+
+def assert_png(path: Path, min_side: int = 200) -> None:
+    image = Image.open(path)
+    assert image.format == "PNG" and min(image.size) >= min_side
+    assert len(np.unique(np.asarray(image.convert("L")))) > 2  # not a blank canvas
+
+
+@pytest.mark.slow
+def test_digits_ingest_sample_prepare(tracking_server: str, unique_name: str, tmp_path: Path) -> None:
+    args = ("--project", DIGITS, "--set", f"name={unique_name}")
+    started = time.monotonic()
+    for step in ("ingest", "explore", "sample", "prepare"):
+        invoke(step, *args)
+    first_time = time.monotonic() - started
+
+    ingest = latest_run(tracking_server, unique_name, "ingest")
+    manifest = pd.read_parquet(artifact(tracking_server, ingest, "manifest.parquet", tmp_path))
+    assert len(manifest) == 1797 and (manifest["status"] == "ok").all()
+    assert {"id", "path", "label", "sha256", "dhash", "width", "height", "mode", "bytes", "brightness"} <= set(manifest.columns)
+    assert manifest["sha256"].str.len().eq(64).all()
+    (dataset,) = ingest.inputs.dataset_inputs
+    assert dataset.dataset.digest == ingest.data.tags["trainwise.data_digest"] and len(dataset.dataset.digest) == 32
+    assert ingest.data.metrics["quarantined"] == 0
+
+    explore = latest_run(tracking_server, unique_name, "explore")
+    expected = {"class_distribution", "sample_grid", "sizes", "channel_stats", "brightness_contrast", "mean_images", "duplicate_groups"}
+    for name in expected:
+        assert_png(artifact(tracking_server, explore, f"plots/{name}.png", tmp_path))
+    card = artifact(tracking_server, explore, "data_card.html", tmp_path).read_text()
+    assert card.count("<img src=\"data:image/png;base64,") == len(expected)
+    for title in ("Class balance", "Samples", "Mean image per class", "Duplicates", "Quarantined files"):
+        assert f"<h2>{title}</h2>" in card
+
+    sample = latest_run(tracking_server, unique_name, "sample")
+    assert sample.data.metrics["sample_size"] == 300
+    assert sample.data.tags["trainwise.checks"].endswith("passed")
+    checks = json.loads(artifact(tracking_server, sample, "representativeness.json", tmp_path).read_text())["checks"]
+    assert {c["name"] for c in checks} >= {"sample_label_distribution", "sample_drift_brightness"}
+    assert_png(artifact(tracking_server, sample, "checks/sample_label_distribution.png", tmp_path))
+
+    prepare = latest_run(tracking_server, unique_name, "prepare")
+    splits = pd.read_parquet(artifact(tracking_server, prepare, "splits.parquet", tmp_path))
+    full = splits[splits["scope"] == "full"]
+    assert set(full["split"]) == {"train", "val", "test", "submit"}
+    assert (full["split"] == "submit").sum() == 360  # the unlabelled test folder
+    assert set(splits.loc[splits["scope"] == "sample", "split"]) == {"train", "val"}
+    assert prepare.data.tags["trainwise.checks"] == "3/3 passed"
+    norm = json.loads(artifact(tracking_server, prepare, "normalization.json", tmp_path).read_text())
+    assert 0.2 < norm["full"]["mean"][0] < 0.4 and norm["full"]["items"] == (full["split"] == "train").sum()
+    cache = json.loads(artifact(tracking_server, prepare, "cache.json", tmp_path).read_text())
+    images = np.load(Path(cache["folder"]) / "images.npy", mmap_mode="r")
+    assert images.shape == (1797, 8, 8, 1) and images.dtype == np.uint8
+    assert_png(artifact(tracking_server, prepare, "augmentation_preview.png", tmp_path))
+
+    # Unchanged inputs: all three reused, in a fraction of the time.
+    started = time.monotonic()
+    for step in ("ingest", "explore", "sample", "prepare"):
+        assert "reused cached run" in invoke(step, *args)
+    assert time.monotonic() - started < first_time / 2
+
+
+def bad_folder(root: Path) -> None:
+    """Two classes of good images plus one of every bad or unusual kind the issue names."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray((rng.random((24, 24, 3)) * 255).astype(np.uint8)).save(root / label / f"{i}.png")
+    a = root / "a"
+    buffer = io.BytesIO()
+    Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(buffer, "JPEG")
+    (a / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
+    (a / "html.jpg").write_text("<html><body>not found</body></html>")
+    (a / "zero.png").write_bytes(b"")
+    Image.new("L", (5000, 5000)).save(a / "huge.png")
+    Image.fromarray((np.arange(576).reshape(24, 24) * 100).astype(np.uint16)).save(a / "deep16.png")
+    Image.fromarray(np.dstack([rng.integers(0, 255, (24, 24, 3)), np.full((24, 24), 100)]).astype(np.uint8)).save(a / "alpha.png")
+    Image.new("RGB", (24, 24), (200, 0, 0)).convert("CMYK").save(a / "cmyk.jpg")
+    exif_image = Image.new("RGB", (30, 20), (0, 200, 0))
+    exif = exif_image.getexif()
+    exif[0x0112] = 6
+    exif_image.save(a / "rotated.jpg", exif=exif)
+
+
+@pytest.mark.slow
+def test_bad_files_are_quarantined_and_too_many_fail_the_step(tracking_server: str, unique_name: str, tmp_path: Path) -> None:
+    bad_folder(tmp_path / "data")
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "project.yaml").write_text(
+        f"name: {unique_name}\ntask: {{type: image_classification}}\n"
+        f"data: {{source: {{kind: image_folder, root: {tmp_path / 'data'}}}, max_image_pixels: 10000000}}\nimage: {{size: 16, channels: 3}}\n"
+    )
+    output = invoke("ingest", "--project", str(project), code=1)
+    assert "4 of 48 files (8.3%) are unusable, over data.max_bad_fraction = 1.0%" in output
+    assert "quarantine.csv" in output
+    failed = latest_run(tracking_server, unique_name, "ingest")
+    assert failed.info.status == "FAILED"  # and yet everything it found was logged first
+    quarantine = pd.read_csv(artifact(tracking_server, failed, "quarantine.csv", tmp_path / "q"))
+    reasons = dict(zip(quarantine["path"], quarantine["reason"], strict=True))
+    assert reasons == {"a/truncated.jpg": "truncated", "a/html.jpg": "not_an_image", "a/zero.png": "empty_file", "a/huge.png": "too_many_pixels"}
+
+    invoke("ingest", "--project", str(project), "--set", "data.max_bad_fraction=0.1")
+    ok = latest_run(tracking_server, unique_name, "ingest")
+    assert ok.info.status == "FINISHED"
+    manifest = pd.read_parquet(artifact(tracking_server, ok, "manifest.parquet", tmp_path / "m")).set_index("path")
+    assert manifest.loc["a/deep16.png", "status"] == "ok" and manifest.loc["a/deep16.png", "mode"].startswith("I;16")
+    assert manifest.loc["a/alpha.png", "mode"] == "RGBA" and manifest.loc["a/cmyk.jpg", "mode"] == "CMYK"
+    assert (manifest.loc["a/rotated.jpg", "width"], manifest.loc["a/rotated.jpg", "height"]) == (20, 30)
+
+
+@pytest.mark.slow
+def test_duplicates_never_straddle_splits_unless_grouping_is_off(tracking_server: str, unique_name: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(40):
+            Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
+        for copy in range(8):  # eight exact copies of image 0 in each class
+            shutil.copy(tmp_path / "data" / label / "0.png", tmp_path / "data" / label / f"copy{copy}.png")
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "project.yaml").write_text(
+        f"name: {unique_name}\ntask: {{type: image_classification}}\ndata: {{source: {{kind: image_folder, root: {tmp_path / 'data'}}}}}\n"
+        "image: {size: 16}\nsample: {size: 40}\nsplit: {val: 0.3, test: 0.3}\n"
+    )
+    for step in ("ingest", "sample", "prepare"):
+        invoke(step, "--project", str(project))
+    ingest = latest_run(tracking_server, unique_name, "ingest")
+    assert ingest.data.metrics["exact_duplicate_groups"] == 2
+    prepare = latest_run(tracking_server, unique_name, "prepare")
+    assert prepare.data.metrics["leaked.duplicate_groups_across_splits_full"] == 0
+
+    leaky = [seed for seed in range(5) if _leaks(project, seed, tracking_server, unique_name) > 0]
+    assert leaky, "without grouping, 9 copies of an image in 3 splits should straddle them"
+
+
+def _leaks(project: Path, seed: int, server: str, name: str) -> float:
+    invoke("prepare", "--project", str(project), "--set", f"split.group_duplicates=false split.seed={seed}")
+    return latest_run(server, name, "prepare").data.metrics["leaked.duplicate_groups_across_splits_full"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["wine", "diabetes"])
+def test_tabular_projects(tracking_server: str, unique_name: str, tmp_path: Path, name: str) -> None:
+    args = ("--project", str(REPO / "projects" / name), "--set", f"name={unique_name}")
+    for step in ("ingest", "explore", "sample", "prepare"):
+        invoke(step, *args)
+    explore = latest_run(tracking_server, unique_name, "explore")
+    for figure in ("target_distribution", "feature_distributions", "missingness", "correlation_heatmap", "feature_importance"):
+        assert_png(artifact(tracking_server, explore, f"plots/{figure}.png", tmp_path))
+    assert "<h2>Feature importance</h2>" in artifact(tracking_server, explore, "data_card.html", tmp_path).read_text()
+    ingest = latest_run(tracking_server, unique_name, "ingest")
+    table = pd.read_parquet(artifact(tracking_server, ingest, "table.parquet", tmp_path))
+    assert len(table) == {"wine": 178, "diabetes": 442}[name]
+    prep = json.loads(artifact(tracking_server, latest_run(tracking_server, unique_name, "prepare"), "preprocessing.json", tmp_path).read_text())
+    assert prep["kind"] == "table" and len(prep["full"]["numeric"]) >= 10
+    if name == "diabetes":
+        assert "target_mean" in prep["full"]
+
+
+@pytest.mark.slow
+def test_table_with_problems(tracking_server: str, unique_name: str, tmp_path: Path) -> None:
+    rows = ["id,const,mixed,x,label"] + [f"{i},1,{i if i % 7 else 'unknown'},{i % 5},{'yes' if i % 2 else 'no'}" for i in range(60)]
+    (tmp_path / "rows.csv").write_text("\n".join(rows) + "\n")
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "project.yaml").write_text(
+        f"name: {unique_name}\ntask: {{type: tabular_classification, target: label}}\n"
+        f"data: {{source: {{kind: tabular, path: {tmp_path / 'rows.csv'}}}}}\nsample: {{size: 30}}\n"
+    )
+    for step in ("ingest", "sample", "prepare"):
+        invoke(step, "--project", str(project))
+    findings = pd.read_csv(artifact(tracking_server, latest_run(tracking_server, unique_name, "ingest"), "findings.csv", tmp_path))
+    found = set(zip(findings["check"], findings["column"], strict=True))
+    assert {("constant_column", "const"), ("mixed_types", "mixed"), ("identifier_like", "id")} <= found
+    prep = json.loads(artifact(tracking_server, latest_run(tracking_server, unique_name, "prepare"), "preprocessing.json", tmp_path).read_text())
+    assert prep["full"]["dropped"] == {"id": "the row id", "const": "constant"}
+
+    output = invoke("ingest", "--project", str(project), "--set", "task.target=lable", code=1)
+    assert "no target column 'lable'" in output and "rows.csv" in output
+
+
+def latest_run(server: str, experiment: str, step: str) -> Run:
+    return step_runs(server, experiment, step)[0]

@@ -1,0 +1,183 @@
+"""The local tracking server's lifecycle, with real `mlflow server` processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from trainwise.errors import ServerError
+from trainwise.server import LocalServer, _group_alive, ensure_tracking_uri, health
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    srv = LocalServer(tmp_path / "home", port=free_port())
+    yield srv
+    srv.stop()
+
+
+def test_start_status_idempotent_start_and_stop(server: LocalServer) -> None:
+    assert not server.status().running
+
+    first = server.start()
+    assert first.running and first.healthy
+    assert first.url == f"http://127.0.0.1:{server.port}"
+    assert health(first.url)
+    state = json.loads(server.pid_file.read_text())
+    assert state["pid"] == first.pid
+    assert state["backend_store_uri"].startswith("sqlite:///") and state["backend_store_uri"].endswith("mlflow.db")
+    assert Path(state["artifacts_destination"]).is_dir()
+    assert server.log_file.is_file()
+
+    # The process carries the small-machine defaults.
+    cmdline = Path(f"/proc/{first.pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[cmdline.index(b"--workers") + 1] == b"1"
+    assert b"--artifacts-destination" in cmdline
+    environ = Path(f"/proc/{first.pid}/environ").read_bytes().split(b"\0")
+    assert b"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in environ
+
+    again = server.start()
+    assert again.pid == first.pid  # reported, not started twice
+
+    # status and stop need no port: they read the pid file.
+    other_view = LocalServer(server.home)
+    assert other_view.status().pid == first.pid
+    assert other_view.stop() is True
+    assert not _group_alive(first.pid)
+    assert not server.pid_file.exists()
+    assert not health(first.url, timeout=1)
+    assert server.stop() is False
+
+
+def fake_state(pid: int, port: int) -> dict[str, object]:
+    """A pid file's content naming `pid`."""
+    return {"pid": pid, "host": "127.0.0.1", "port": port, "backend_store_uri": "sqlite:///x", "artifacts_destination": "x", "log_file": "x"}
+
+
+def test_stale_pid_file_is_detected_and_cleaned(server: LocalServer) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    server.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    server.pid_file.write_text(
+        json.dumps(fake_state(dead.pid, server.port))
+    )
+    status = server.status()
+    assert not status.running
+    assert not server.pid_file.exists()
+    assert server.start().running
+
+
+def test_pid_recycled_by_another_program_is_not_mistaken_for_the_server(server: LocalServer) -> None:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        server.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        server.pid_file.write_text(
+            json.dumps(fake_state(other.pid, server.port))
+        )
+        assert not server.status().running
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        server = LocalServer(tmp_path / "home", port=port)
+        with pytest.raises(ServerError) as caught:
+            server.start()
+    message = str(caught.value)
+    assert f"port {port} on 127.0.0.1 is already in use" in message
+    assert f"--port {port + 1}" in message
+    assert not server.pid_file.exists()
+
+
+def test_stop_ends_the_whole_process_group(server: LocalServer) -> None:
+    status = server.start()
+    assert status.pid is not None
+    members = [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _pgid(int(p.name)) == status.pid
+    ]
+    assert len(members) >= 2  # mlflow's CLI plus the uvicorn process it runs
+    server.stop()
+    assert all(not _alive(pid) for pid in members)
+
+
+def test_a_step_with_no_tracking_uri_starts_and_then_reuses_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    port = free_port()
+    home = tmp_path / "home"
+    try:
+        uri = ensure_tracking_uri(home, port)
+        assert uri == f"http://127.0.0.1:{port}"
+        assert os.environ["MLFLOW_TRACKING_URI"] == uri
+        pid = LocalServer(home).status().pid
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        assert ensure_tracking_uri(home, port) == uri
+        assert LocalServer(home).status().pid == pid
+    finally:
+        LocalServer(home).stop()
+
+
+def test_cli_server_commands(tmp_path: Path) -> None:
+    env = {**os.environ, "TRAINWISE_HOME": str(tmp_path / "home"), "TRAINWISE_PORT": str(free_port())}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def trainwise(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "trainwise", "server", *args], env=env, capture_output=True, text=True, timeout=180)
+
+    try:
+        assert trainwise("status").returncode == 1
+        started = trainwise("start")
+        assert started.returncode == 0, started.stderr
+        url = f"http://127.0.0.1:{env['TRAINWISE_PORT']}"
+        assert url in started.stdout
+        assert trainwise("ui-url").stdout.strip() == url
+        status = trainwise("status")
+        assert status.returncode == 0 and "healthy" in status.stdout
+    finally:
+        stopped = trainwise("stop")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_server_that_dies_while_starting_is_reported_with_its_log(tmp_path: Path) -> None:
+    server = LocalServer(tmp_path / "home", port=free_port())
+    server.dir.mkdir(parents=True)
+    server.db_file.write_bytes(b"this is not a SQLite database" * 100)  # a corrupt backend store
+    try:
+        with pytest.raises(ServerError, match=r"(?s)exited with code \d+ while starting.*server\.log"):
+            server.start(timeout=90)
+        assert not server.pid_file.exists()
+    finally:
+        server.stop()

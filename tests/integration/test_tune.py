@@ -1,0 +1,129 @@
+"""Step 6 against the fixture server: a small study, and several workers sharing one study on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from tests.helpers import invoke, step_runs
+from trainwise.tracking import CHALLENGER, Registry
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = str(REPO / "projects" / "digits")
+
+pytestmark = pytest.mark.slow
+
+
+
+
+def test_a_small_study_with_child_runs_pruning_plots_and_a_challenger(tracking_server: str, unique_name: str) -> None:
+    settings = f"name={unique_name} train.epochs=4 tune.epochs=4 tune.trials=6 tune.warmup_epochs=1"
+    invoke("run", "--project", DIGITS, "--set", settings, "--dry-run")
+    (tune,) = step_runs(tracking_server, unique_name, "tune")
+    assert tune.info.status == "FINISHED"
+    trials = step_runs(tracking_server, unique_name, "trial")
+    assert len(trials) >= 6
+    assert all(t.data.tags["mlflow.parentRunId"] == tune.info.run_id for t in trials)
+    assert {t.data.tags.get("trainwise.trial_state") for t in trials} <= {"complete", "pruned"}
+    assert all("trainwise.trial" in t.data.tags and "train.lr" in t.data.params for t in trials)
+    client = MlflowClient(tracking_server)
+    plots = {a.path for a in client.list_artifacts(tune.info.run_id, "study")}
+    assert {"study/optimization_history.png", "study/intermediate_values.png", "study/slice.png"} <= plots
+    assert tune.data.metrics["trials_complete"] + tune.data.metrics["trials_pruned"] >= 6
+    assert any(k.startswith("best.") for k in tune.data.params)
+
+    version = Registry(tracking_server).by_alias(f"trainwise-{unique_name}", CHALLENGER)
+    assert version is not None
+    assert version.tags["trainwise.checks_passed"] == "true" and "trainwise.test_accuracy" in version.tags
+    assert version.tags["trainwise.tune_run"] == tune.info.run_id
+
+
+@pytest.fixture
+def postgres_storage() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL for one study; dropped afterwards."""
+    name = f"tw_optuna_{uuid.uuid4().hex[:8]}"
+    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"]
+    subprocess.run([*psql, f'CREATE DATABASE "{name}"'], check=True, capture_output=True, timeout=60)
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    subprocess.run([*psql, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], check=False, capture_output=True, timeout=60)
+
+
+def worker(storage: str, settings: str, server: str, home: Path, log: Path) -> subprocess.Popen:
+    """A `trainwise tune` process; its output goes to a file (an unread pipe fills up and blocks it)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "TRAINWISE_HOME": str(home)}
+    with log.open("w") as stream:
+        return subprocess.Popen(
+            [sys.executable, "-m", "trainwise", "-q", "tune", "--project", DIGITS, "--set", settings, "--dry-run", "--storage", storage],
+            env=env, cwd=REPO, stdout=stream, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def the_study(storage: str) -> optuna.Study:
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+@pytest.mark.postgres
+def test_two_workers_share_one_study_on_postgresql(
+    tracking_server: str, unique_name: str, session_home: Path, postgres_storage: str, tmp_path: Path
+) -> None:
+    settings = f"name={unique_name} tune.epochs=3 tune.trials=10 tune.retrain=false tune.pruner=none"
+    for step in ("ingest", "sample", "prepare", "check"):
+        invoke(step, "--project", DIGITS, "--set", settings, "--dry-run")
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    workers = [worker(postgres_storage, settings, tracking_server, session_home, log) for log in logs]
+    codes = [w.wait(timeout=600) for w in workers]
+    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+
+    study = the_study(postgres_storage)
+    finished = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(finished) >= 10  # the study's budget; each worker checks it before a new trial
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    child_runs = step_runs(tracking_server, unique_name, "trial")
+    assert sorted(int(r.data.tags["trainwise.trial"]) for r in child_runs) == sorted(numbers)  # every trial has its run
+    assert len({r.data.tags["trainwise.worker"] for r in child_runs}) == 2  # both workers took trials
+    assert len({r.data.tags["mlflow.parentRunId"] for r in child_runs}) == 2  # each under its worker's tune run
+
+
+@pytest.mark.postgres
+def test_a_killed_workers_trial_is_failed_and_retried_with_the_same_params(
+    tracking_server: str, unique_name: str, session_home: Path, postgres_storage: str, tmp_path: Path
+) -> None:
+    settings = f"name={unique_name} tune.epochs=25 tune.trials=1 tune.retrain=false tune.pruner=none tune.heartbeat_s=1 tune.grace_s=3"
+    for step in ("ingest", "sample", "prepare", "check"):
+        invoke(step, "--project", DIGITS, "--set", settings, "--dry-run")
+    first = worker(postgres_storage, settings, tracking_server, session_home, tmp_path / "first.log")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        summaries = optuna.get_all_study_summaries(postgres_storage) if first.poll() is None else []
+        if summaries and the_study(postgres_storage).get_trials(states=(TrialState.RUNNING,)):
+            break
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)  # no handler runs: only the heartbeat tells
+    first.wait(timeout=60)
+    killed = the_study(postgres_storage).get_trials(states=(TrialState.RUNNING,))
+    assert len(killed) == 1, (tmp_path / "first.log").read_text()[-3000:]
+
+    second = worker(postgres_storage, settings, tracking_server, session_home, tmp_path / "second.log")
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    study = the_study(postgres_storage)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    (retried,) = study.get_trials(states=(TrialState.COMPLETE,))
+    assert [t.number for t in failed] == [killed[0].number]
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retried) == killed[0].number
+    assert retried.params == killed[0].params
+    stale_run = MlflowClient(tracking_server).get_run(failed[0].user_attrs["mlflow_run_id"])
+    assert stale_run.info.status == "FAILED"  # not left RUNNING

@@ -1,0 +1,174 @@
+"""Each pipeline check passes on a sound setup and fails on the bug it exists to catch (real digits, CPU)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from trainwise.checks.pipeline import (
+    CheckSetup,
+    check_batch_independence,
+    check_finite_first_steps,
+    check_inputs,
+    check_loss_at_init,
+    check_lr_range,
+    check_output_bias,
+    check_overfit_one_batch,
+    check_parameters_update,
+    diagnose,
+    run_pipeline_checks,
+)
+from trainwise.config import ChecksConfig
+from trainwise.data.loading import PreparedData
+from trainwise.data.transforms import normalize
+from trainwise.engine import EngineConfig, TensorData
+from trainwise.metrics import CLASSIFICATION
+from trainwise.models import create_model, init_output_bias
+
+MEAN, STD = [0.3], [0.37]
+
+
+def digits_data(labels: np.ndarray | None = None) -> PreparedData:
+    data = load_digits()
+    x = torch.from_numpy((data.images[:400] * 255 / 16).astype(np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(labels if labels is not None else data.target[:400]).long()
+    splits = {"train": TensorData(x[:300], y[:300]), "val": TensorData(x[300:], y[300:])}
+    prep = {"kind": "image", "size": [8, 8], "channels": 1, "mean": MEAN, "std": STD}
+    return PreparedData(CLASSIFICATION, [str(i) for i in range(10)], (1, 8, 8), splits, {}, prep)
+
+
+def setup(model_factory=None, data: PreparedData | None = None, **engine: object) -> CheckSetup:
+    data = data or digits_data()
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        model = model_factory() if model_factory else create_model("simple_cnn", input_shape=(1, 8, 8), num_outputs=10, params={"width": 16})
+        init_output_bias(model, data.prior())
+        return model
+
+    transform = lambda x: normalize(x.float() / 255.0, MEAN, STD)  # noqa: E731
+    config = EngineConfig(task=CLASSIFICATION, num_outputs=10, epochs=8, batch_size=32, lr=3e-3, device="cpu", precision="fp32")
+    config = replace(config, **engine)  # type: ignore[arg-type]
+    return CheckSetup(data, build, config, transform, transform, ChecksConfig(overfit_steps=150, lr_range_steps=40), prior_bias_init=True)
+
+
+def test_a_sound_setup_passes_every_check() -> None:
+    results = run_pipeline_checks(setup())
+    failed = {r.name: (r.value, r.threshold, r.meaning) for r in results if not r.passed}
+    assert not failed
+    assert len(results) == 12
+    assert {r.name for r in results if r.figure is not None} >= {"input_shape_and_range", "overfit_one_batch", "lr_range_test"}
+    lr = next(r for r in results if r.name == "lr_range_test")
+    assert 1e-6 < lr.extra["suggested_lr"] < 1.0
+
+
+def test_unnormalised_inputs_fail_the_input_check() -> None:
+    bad = setup()
+    bad.eval_transform = lambda x: x.float() / 255.0  # forgot to normalise
+    result = check_inputs(bad)
+    assert not result.passed and result.value > 0.5
+
+
+class MixesTheBatch(nn.Module):
+    """A bug seen in the wild: statistics over the batch axis in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        return self.head(flat - flat.mean(dim=0, keepdim=True))
+
+
+def test_mixing_examples_across_the_batch_fails_batch_independence() -> None:
+    assert check_batch_independence(setup()).passed
+    result = check_batch_independence(setup(MixesTheBatch))
+    assert not result.passed and result.value > 0
+
+
+class UnusedLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.forgotten = nn.Linear(64, 64)  # defined, never called
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1))
+
+
+def test_a_parameter_outside_the_graph_fails_parameters_update() -> None:
+    result = check_parameters_update(setup(UnusedLayer))
+    assert not result.passed and "forgotten.weight" in result.meaning
+
+
+def test_a_huge_learning_rate_fails_finiteness() -> None:
+    result = check_finite_first_steps(setup(lr=1e12, optimizer="sgd", momentum=0.0))
+    assert not result.passed
+
+
+def test_init_loss_and_output_bias() -> None:
+    sound = setup()
+    assert check_loss_at_init(sound).passed and check_output_bias(sound).passed
+
+    class Overconfident(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(64, 10)
+            nn.init.normal_(self.head.weight, std=5.0)  # huge logits at init
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x.flatten(1))
+
+    result = check_loss_at_init(setup(Overconfident))
+    assert not result.passed and result.value > 1
+
+
+def test_random_labels_cannot_be_memorised_by_a_tiny_model_and_are_diagnosed() -> None:
+    noise = np.random.default_rng(0).integers(0, 10, 400)
+    tiny = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # noqa: E731
+    weak = replace(setup(tiny, digits_data(noise)), thresholds=ChecksConfig(overfit_batch_size=64, overfit_steps=60))
+    result = check_overfit_one_batch(weak)
+    assert not result.passed
+    assert "looks" in result.advice
+
+
+def test_zeroed_inputs_and_baseline_fail_when_labels_do_not_match_the_images() -> None:
+    noise = np.random.default_rng(1).integers(0, 10, 400)
+    results = {r.name: r for r in run_pipeline_checks(setup(data=digits_data(noise)))}
+    assert not results["input_independent_baseline"].passed
+    assert not results["beats_trivial_baseline"].passed
+    assert results["label_shuffle_control"].passed  # nothing leaks: random labels stay at chance
+
+
+def test_the_lr_range_test_needs_a_valley() -> None:
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(1, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.zeros(x.shape[0], 1)) * 0 + torch.zeros(x.shape[0], 10)  # ignores everything
+
+    result = check_lr_range(setup(Constant))
+    assert not result.passed and math.isclose(result.value, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("losses", "shape"),
+    [
+        ([2.0 - 0.01 * i for i in range(100)], "decreasing"),
+        ([1.0 + 0.01 * i for i in range(100)], "rising"),
+        ([1.0, 2.0, 50.0, float("nan")], "exploding"),
+        ([1.0] * 100, "plateau"),
+        ([2.0] * 10 + [1.0 + (i % 2) for i in range(90)], "oscillating"),
+    ],
+)
+def test_loss_shape_diagnosis(losses: list[float], shape: str) -> None:
+    assert shape in diagnose(losses)

@@ -1,0 +1,114 @@
+"""Stratified samples, group-aware splits, duplicate grouping and table findings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trainwise.checks.representativeness import total_variation
+from trainwise.data.duplicates import duplicate_groups, exact_groups, near_pairs
+from trainwise.data.sampling import MIN_PER_CLASS, group_split, strata, stratified_sample
+from trainwise.data.table_quality import table_findings
+
+
+def labels(counts: dict[str, int]) -> pd.Series:
+    return pd.Series([k for k, n in counts.items() for _ in range(n)])
+
+
+def test_sample_keeps_every_class_and_its_share() -> None:
+    pool = labels({"a": 600, "b": 300, "c": 100})
+    chosen, notes = stratified_sample(pool, size=200, fraction=None, seed=0)
+    counts = pool[chosen].value_counts().to_dict()
+    assert len(chosen) == 200 and counts == {"a": 120, "b": 60, "c": 20}
+    assert notes == []
+    again, _ = stratified_sample(pool, size=200, fraction=None, seed=0)
+    assert list(again) == list(chosen)
+    other, _ = stratified_sample(pool, size=200, fraction=None, seed=1)
+    assert list(other) != list(chosen)
+
+
+def test_a_class_smaller_than_the_floor_is_taken_whole_and_noted() -> None:
+    pool = labels({"big": 1000, "rare": 3})
+    chosen, notes = stratified_sample(pool, size=50, fraction=None, seed=0)
+    assert pool[chosen].value_counts()["rare"] == 3
+    assert len(notes) == 1 and "'rare' has 3 items" in notes[0] and "taken whole" in notes[0]
+    tiny_share = labels({"big": 1000, "small": 40})
+    chosen, _ = stratified_sample(tiny_share, size=20, fraction=None, seed=0)
+    assert tiny_share[chosen].value_counts()["small"] == MIN_PER_CLASS  # the floor, above its 1% share
+
+
+def test_fraction_and_regression_strata() -> None:
+    values = pd.Series(np.linspace(0, 100, 400))
+    groups = strata(values, classification=False)
+    assert groups.nunique() == 10
+    chosen, _ = stratified_sample(groups, size=None, fraction=0.25, seed=0)
+    assert len(chosen) == 100
+    assert abs(values[chosen].mean() - values.mean()) < 3
+
+
+def test_group_split_never_separates_a_group_and_keeps_fractions() -> None:
+    rng = np.random.default_rng(0)
+    n = 1000
+    kinds = pd.Series(rng.choice(["x", "y"], size=n, p=[0.7, 0.3]))
+    groups = pd.Series(np.arange(n))
+    groups[10:20] = 10  # one group of ten duplicates
+    groups[500:503] = 500
+    split = group_split(kinds, groups, {"test": 0.15, "val": 0.15}, seed=3)
+    assert split[10:20].nunique() == 1 and split[500:503].nunique() == 1
+    shares = split.value_counts(normalize=True)
+    assert abs(shares["val"] - 0.15) < 0.02 and abs(shares["test"] - 0.15) < 0.02
+    by_kind = pd.crosstab(kinds, split, normalize="index")
+    assert (abs(by_kind["val"] - 0.15) < 0.03).all()  # stratified
+    assert group_split(kinds, groups, {"test": 0.15, "val": 0.15}, seed=3).equals(split)
+
+
+def test_total_variation() -> None:
+    assert total_variation({"a": 5, "b": 5}, {"a": 1, "b": 1}) == 0
+    assert total_variation({"a": 1}, {"b": 1}) == 1
+    assert total_variation({"a": 3, "b": 1}, {"a": 1, "b": 1}) == pytest.approx(0.25)
+
+
+def test_near_pairs_match_brute_force() -> None:
+    rng = np.random.default_rng(1)
+    hashes = [int(h) for h in rng.integers(0, 2**20, 400)]
+    found = {tuple(sorted(p)) for p in near_pairs(hashes, 3)}
+    expected = {(i, j) for i in range(400) for j in range(i + 1, 400) if (hashes[i] ^ hashes[j]).bit_count() <= 3}
+    groups = duplicate_groups([str(i) for i in range(400)], hashes, 3)
+    for i, j in expected:
+        assert groups[i] == groups[j]
+    assert found <= expected | {tuple(sorted(p)) for p in found if (hashes[p[0]] ^ hashes[p[1]]).bit_count() <= 3}
+
+
+def test_exact_and_full_width_hashes() -> None:
+    assert exact_groups(["a", "b", "a", "c", "b"]).tolist() == [0, 1, 0, 3, 1]
+    top = 2**64 - 1
+    groups = duplicate_groups(["1", "2", "3", "4"], [top, top ^ 0b11, 0, None], 2)
+    assert groups.tolist() == [0, 0, 2, 3]  # 64-bit values; None never matches
+
+
+def test_table_findings_name_their_columns() -> None:
+    frame = pd.DataFrame(
+        {
+            "row_id": np.arange(40),
+            "const": 7,
+            "mixed": ["1", "2", "3", "n/a"] * 10,
+            "x": np.tile(np.arange(10), 4) % 5,
+            "y": ["a", "b"] * 20,
+        }
+    )
+    frame.loc[39, "y"] = "b" if frame.loc[39, "y"] == "a" else "a"  # a conflicting duplicate of row 29
+    frame.loc[[29, 39], ["row_id", "mixed"]] = [[29, "5"], [29, "5"]]
+    found = {(f.check, f.column) for f in table_findings(frame, "y", classification=True)}
+    assert ("constant_column", "const") in found
+    assert ("mixed_types", "mixed") in found
+    assert ("identifier_like", "row_id") not in found  # 29 repeats, so not unique
+    assert ("duplicate_rows", None) in found or ("conflicting_labels", "y") in found
+    assert ("conflicting_labels", "y") in found
+    unique_ids = frame.assign(row_id=np.arange(40))
+    assert ("identifier_like", "row_id") in {(f.check, f.column) for f in table_findings(unique_ids, "y", classification=True)}
+
+
+def test_regression_target_must_be_numeric() -> None:
+    frame = pd.DataFrame({"x": range(30), "y": ["high", "low"] * 15})
+    assert ("non_numeric_target", "y") in {(f.check, f.column) for f in table_findings(frame, "y", classification=False)}
