@@ -1,0 +1,97 @@
+"""`main`: every step as a child run of one pipeline run, reusing cached steps; and `status`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from trainwise.config import ProjectConfig
+from trainwise.errors import TrackingError
+from trainwise.steps import STEP_NAMES, STEPS
+from trainwise.steps.runner import TAG_REUSED, StepOutcome, cache_keys, execute, run_key
+from trainwise.tracking import TAG_CACHE_KEY, TAG_CONFIG_HASH, TAG_DRY_RUN, TAG_STEP, Run, Tracker
+
+log = logging.getLogger(__name__)
+
+PIPELINE_STEP = "main"
+
+
+def forced_steps(force: str | bool | None) -> set[str]:
+    """`--force` values: a step name reruns it and every step after it; all/true reruns everything."""
+    if force is None or force is False:
+        return set()
+    value = str(force).strip().lower()
+    if value in ("", "false", "no", "0", "none"):
+        return set()
+    if value in ("all", "true", "yes", "1"):
+        return set(STEP_NAMES)
+    if value not in STEP_NAMES:
+        raise TrackingError(f"--force {force!r}: expected a step name ({', '.join(STEP_NAMES)}) or 'all'")
+    return set(STEP_NAMES[STEP_NAMES.index(value) :])
+
+
+def run_pipeline(
+    cfg: ProjectConfig, tracker: Tracker, *, force: str | bool | None = None, skip_checks: bool = False
+) -> tuple[str, list[StepOutcome]]:
+    """Run (or reuse) every built step under one pipeline run; returns its URL and the outcomes."""
+    forced = forced_steps(force)
+    keys = cache_keys(cfg)
+    outcomes: list[StepOutcome] = []
+    tags = {TAG_CONFIG_HASH: cfg.config_hash(), TAG_DRY_RUN: str(cfg.dry_run).lower()}
+    with tracker.run(PIPELINE_STEP, tags=tags, run_name=f"pipeline {cfg.name}") as pipeline:
+        pipeline.log_params(cfg.flat_params())
+        pipeline.log_text(cfg.to_yaml(), "config.yaml")
+        for spec in STEPS:
+            outcome = execute(spec.name, cfg, tracker, parent=pipeline, force=spec.name in forced, keys=keys, skip_checks=skip_checks)
+            outcomes.append(outcome)
+        pipeline.set_description(_summary(cfg, outcomes))
+        pipeline.log_metrics({"steps_ran": sum(o.state == "ran" for o in outcomes), "steps_reused": sum(o.state == "reused" for o in outcomes)})
+    return pipeline.url, outcomes
+
+
+def _summary(cfg: ProjectConfig, outcomes: list[StepOutcome]) -> str:
+    lines = [f"# Pipeline: {cfg.name}", "", "| step | state | run |", "|---|---|---|"]
+    for outcome in outcomes:
+        link = f"[{outcome.run_id}]({outcome.url})" if outcome.url else ""
+        lines.append(f"| {outcome.step} | {outcome.state} | {link} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class StepStatus:
+    step: str
+    number: str
+    state: str  # "fresh", "stale", "failed", "running", "never run"
+    run_id: str | None = None
+    url: str | None = None
+    cache_key: str | None = None
+
+
+def project_status(cfg: ProjectConfig, tracker: Tracker) -> tuple[list[StepStatus], str | None]:
+    """Each step's newest run and whether it is current; and the next command to run."""
+    keys = cache_keys(cfg)
+    statuses: list[StepStatus] = []
+    next_command = None
+    for spec in STEPS:
+        key = run_key(spec.name, cfg, tracker, keys)
+        cached = tracker.find_cached(spec.name, key)
+        latest = _latest_real_run(tracker, spec.name)
+        if cached is not None:
+            status = StepStatus(spec.name, spec.number, "fresh", cached.info.run_id, tracker.url_of(cached), key)
+        elif latest is not None:
+            state = {"FINISHED": "stale", "FAILED": "failed", "KILLED": "failed", "RUNNING": "running"}.get(latest.info.status, "stale")
+            status = StepStatus(spec.name, spec.number, state, latest.info.run_id, tracker.url_of(latest), latest.data.tags.get(TAG_CACHE_KEY))
+        else:
+            status = StepStatus(spec.name, spec.number, "never run", cache_key=key)
+        if next_command is None and status.state != "fresh":
+            next_command = f"trainwise {spec.name} --project {cfg.project_ref}"
+        statuses.append(status)
+    return statuses, next_command
+
+
+def _latest_real_run(tracker: Tracker, step: str) -> Run | None:
+    """The newest run of `step` that holds results (not a pointer to a reused run)."""
+    for run in tracker.search({TAG_STEP: step}, max_results=20):
+        if TAG_REUSED not in run.data.tags:
+            return run
+    return None
