@@ -201,6 +201,21 @@ class Trainer:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def _stage(self, data: TensorData) -> TensorData:
+        """On CUDA, put the data where batches are cheap to take.
+
+        On the GPU itself when it fits in a quarter of the free memory (uint8 images are small:
+        CIFAR-10's training set is 150 MB), so no batch crosses the bus; otherwise in pinned host
+        memory, so the non_blocking copies in `_inputs` overlap with compute. CPU and MPS: as is.
+        """
+        if self.device.type != "cuda" or data.x.device.type == "cuda":
+            return data
+        size = data.x.element_size() * data.x.nelement() + data.y.element_size() * data.y.nelement()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if size < free // 4:
+            return TensorData(data.x.to(self.device), data.y.to(self.device))
+        return TensorData(data.x.pin_memory(), data.y.pin_memory())
+
     def _inputs(self, x: torch.Tensor, transform: Transform) -> torch.Tensor:
         x = transform(x.to(self.device, non_blocking=True))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -211,6 +226,7 @@ class Trainer:
         config = self.config
         steps_per_epoch = max(1, len(train) // config.batch_size + (1 if len(train) % config.batch_size >= 2 else 0))
         self._prepare(train)
+        train, val = self._stage(train), (self._stage(val) if val is not None else None)
         self.scheduler = make_scheduler(self.optimizer, config, steps_per_epoch)
         if resume is not None:
             self.load_state_dict(resume)
@@ -257,7 +273,8 @@ class Trainer:
         self.model.train()
         meter = MetricAccumulator(self.config.task, self.config.num_outputs, self.device, self.config.target_scale)
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch)
-        order = torch.randperm(len(data), generator=generator)
+        # Drawn on the CPU whatever the device, so a run shuffles the same on every machine.
+        order = torch.randperm(len(data), generator=generator).to(data.x.device)
         for step in range(steps_per_epoch):
             index = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
             x = self._inputs(data.x[index], self.train_transform)
@@ -320,6 +337,7 @@ class Trainer:
 
     def _batches(self, data: TensorData, batch_size: int | None) -> Any:
         self._prepare(data)
+        data = self._stage(data)
         self.model.eval()
         size = batch_size or max(self.config.batch_size, 256)
         for start in range(0, len(data), size):

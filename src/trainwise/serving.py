@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib.util
 import json
 import math
 import os
@@ -53,7 +54,7 @@ __all__ = ["CLASSIFICATION", "IMAGE_COLUMN", "REGRESSION", "InputError", "Trainw
 
 CLASSIFICATION, REGRESSION = "classification", "regression"
 IMAGE_COLUMN = "image"
-WEIGHTS_ARTIFACT, SPEC_ARTIFACT = "weights", "spec"
+WEIGHTS_ARTIFACT, SPEC_ARTIFACT, USER_CODE_ARTIFACT = "weights", "spec", "user_model_code"
 PROB_PREFIX = "prob_"
 
 # Pillow rejects images above ~89.5 million pixels as decompression bombs (decode_image escalates its
@@ -104,6 +105,8 @@ class TrainwiseModel(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         spec = json.loads(Path(context.artifacts[SPEC_ARTIFACT]).read_text())
+        if USER_CODE_ARTIFACT in context.artifacts:  # a user's model file: the copy that travelled with the model
+            spec["model"] = f"{context.artifacts[USER_CODE_ARTIFACT]}:{spec['model'].rpartition(':')[2]}"
         self._predictor = Predictor.from_files(spec, Path(context.artifacts[WEIGHTS_ARTIFACT]))
 
     def predict(
@@ -290,6 +293,7 @@ def log_model(run_id: str, *, model: nn.Module, spec: Mapping[str, Any], input_e
         spec_file.write_text(json.dumps(spec, indent=2, sort_keys=True))
         entry.write_text(_ENTRY_CODE)
         output = Predictor.from_files(spec, weights).predict(example)
+        artifacts, code_paths = _user_code(spec["model"])
         # Created here rather than by Model.log: given a run id but no fluent active run, MLflow
         # 3.17 files the model under the default experiment ("0"), where neither the project's
         # Models tab nor `runs:/<run_id>/<name>` (which searches the run's experiment) finds it.
@@ -306,14 +310,33 @@ def log_model(run_id: str, *, model: nn.Module, spec: Mapping[str, Any], input_e
             # Models from code: MLflow stores this file and runs it at load time, so nothing is
             # pickled (a PythonModel instance would be cloudpickled, and MLflow warns about that).
             python_model=str(entry),
-            artifacts={WEIGHTS_ARTIFACT: str(weights), SPEC_ARTIFACT: str(spec_file)},
+            artifacts={WEIGHTS_ARTIFACT: str(weights), SPEC_ARTIFACT: str(spec_file), **artifacts},
             signature=_signature(example, output),
             input_example=example,
             pip_requirements=pip_requirements(),
             # The package directory, copied as code/trainwise and put first on sys.path at load time.
-            code_paths=[str(Path(trainwise.__file__).parent)],
+            code_paths=[str(Path(trainwise.__file__).parent), *code_paths],
         )
     return f"models:/{logged.model_id}"
+
+
+def _user_code(model_ref: str) -> tuple[dict[str, str], list[str]]:
+    """What a user's own nn.Module needs to travel with the model: (artifacts, code_paths).
+
+    `path/to/file.py:Class`: the file, as an artifact (load_context points the spec at the copy).
+    `package.module:Class`: the top-level package when it lives in a source tree rather than in
+    site-packages (an installed package is the serving environment's to install, like torch).
+    """
+    location, colon, _ = model_ref.rpartition(":")
+    if not colon or model_ref.startswith("torchvision:"):
+        return {}, []
+    if location.endswith(".py"):
+        return {USER_CODE_ARTIFACT: str(Path(location).resolve())}, []
+    top = importlib.util.find_spec(location.split(".")[0])
+    origin = Path(top.origin) if top is not None and top.origin else None
+    if origin is None or "site-packages" in origin.parts or "dist-packages" in origin.parts:
+        return {}, []
+    return {}, [str(origin.parent if origin.name == "__init__.py" else origin)]
 
 
 def _signature(example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:

@@ -182,6 +182,39 @@ def test_a_fresh_process_loads_the_model_with_the_package_it_carries(image_model
         np.testing.assert_allclose(out["prob_cat"], here["prob_cat"], atol=1e-9)
 
 
+def test_a_users_own_model_file_travels_with_the_model(tracking_server: str, unique_name: str, tmp_path: Path) -> None:
+    source = tmp_path / "src" / "my_net.py"
+    source.parent.mkdir()
+    source.write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            class TinyNet(nn.Module):
+                def __init__(self, in_channels, num_classes, hidden=4):
+                    super().__init__()
+                    self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+                def forward(self, x):
+                    return self.body(x)
+            """
+        )
+    )
+    spec = {**IMAGE_SPEC, "model": f"{source}:TinyNet", "params": {"hidden": 6}}
+    network = create_model(spec["model"], input_shape=(1, 8, 8), num_outputs=3, params={"hidden": 6}).eval()
+    image = tmp_path / "one.png"
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(image)
+    tracker = Tracker(unique_name, tracking_server)
+    with tracker.run("train") as run:
+        uri = log_model(run.run_id, model=network, spec=spec, input_example=pd.DataFrame({"image": [str(image)]}))
+    expected = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": [str(image)]}))
+    source.unlink()  # the model must not need the original file
+    script = "import sys, mlflow, pandas as pd; m = mlflow.pyfunc.load_model(sys.argv[1]); print(m.predict(pd.DataFrame({'image': [sys.argv[2]]}))['index'][0])"
+    done = subprocess.run([sys.executable, "-c", script, uri, str(image)], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.strip().splitlines()[-1]) == int(expected["index"][0])
+
+
 # -- tables ----------------------------------------------------------------------------------------
 
 

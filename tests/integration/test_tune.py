@@ -127,3 +127,4 @@ def test_a_killed_workers_trial_is_failed_and_retried_with_the_same_params(
     assert retried.params == killed[0].params
     stale_run = MlflowClient(tracking_server).get_run(failed[0].user_attrs["mlflow_run_id"])
     assert stale_run.info.status == "FAILED"  # not left RUNNING
+    assert stale_run.data.tags["trainwise.trial_state"] == "failed"

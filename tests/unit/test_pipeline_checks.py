@@ -108,6 +108,37 @@ def test_a_parameter_outside_the_graph_fails_parameters_update() -> None:
     assert not result.passed and "forgotten.weight" in result.meaning
 
 
+class DriftingBackbone(nn.Module):
+    """A freeze that does not hold: the forward pass rescales a backbone weight in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Linear(64, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                self.backbone.weight.mul_(0.99)
+        return self.head(torch.relu(self.backbone(x.flatten(1))))
+
+
+def test_frozen_backbone_must_stay_put_while_the_head_learns() -> None:
+    frozen = replace(setup(), freeze_backbone=True)
+    result = check_parameters_update(frozen)
+    assert result.passed, result.meaning
+
+    drifting = replace(setup(DriftingBackbone), freeze_backbone=True)
+    result = check_parameters_update(drifting)
+    assert not result.passed and "backbone.weight" in result.meaning
+
+
+def test_pretrained_weights_skip_the_fresh_init_checks() -> None:
+    pretrained = replace(setup(), pretrained=True)
+    assert "skipped" in check_loss_at_init(pretrained).meaning
+    assert "skipped" in check_output_bias(pretrained).meaning
+
+
 def test_a_huge_learning_rate_fails_finiteness() -> None:
     result = check_finite_first_steps(setup(lr=1e12, optimizer="sgd", momentum=0.0))
     assert not result.passed

@@ -32,6 +32,8 @@ class CheckSetup:
     eval_transform: Transform
     thresholds: ChecksConfig
     prior_bias_init: bool
+    pretrained: bool = False  # starts from model.init weights: the loss and bias at init are not a fresh net's
+    freeze_backbone: bool = False  # training starts with the backbone frozen: check 4 checks the freeze holds
 
     @property
     def classification(self) -> bool:
@@ -134,6 +136,8 @@ def expected_initial_loss(setup: CheckSetup) -> tuple[float, str]:
 
 @torch.no_grad()
 def check_loss_at_init(setup: CheckSetup) -> CheckResult:
+    if setup.pretrained:
+        return CheckResult("loss_at_init", True, 0.0, 0.0, "skipped: the model starts from pretrained weights (model.init)", "")
     model = setup.build_model().eval()
     x, y = setup.batch(len(setup.train))
     loss = float(setup.loss(model(x), y))
@@ -152,8 +156,9 @@ def check_loss_at_init(setup: CheckSetup) -> CheckResult:
 def check_output_bias(setup: CheckSetup) -> CheckResult:
     from trainwise.models import output_layer
 
-    if not setup.prior_bias_init:
-        return CheckResult("output_bias_prior", True, 0.0, 0.0, "skipped: model.prior_bias_init is false", "")
+    if not setup.prior_bias_init or setup.pretrained:
+        why = "the model starts from pretrained weights (model.init)" if setup.pretrained else "model.prior_bias_init is false"
+        return CheckResult("output_bias_prior", True, 0.0, 0.0, f"skipped: {why}", "")
     bias = output_layer(setup.build_model()).bias
     if setup.classification:
         shares = torch.softmax(bias.detach().float(), dim=0)
@@ -162,14 +167,19 @@ def check_output_bias(setup: CheckSetup) -> CheckResult:
     else:
         error = float(bias.detach().abs().max())
         meaning = "the output bias, which should predict the (standardised) target mean 0"
-    return CheckResult("output_bias_prior", error <= 0.01, error, 0.01, meaning, "init_output_bias was not applied to the layer that produces the outputs")
+    limit = setup.thresholds.output_bias_tolerance
+    return CheckResult("output_bias_prior", error <= limit, error, limit, meaning, "init_output_bias was not applied to the layer that produces the outputs")
 
 
 # -- 4, 5. one step and the first few ----------------------------------------------------------------
 
 
 def check_parameters_update(setup: CheckSetup) -> CheckResult:
+    from trainwise.models import freeze_backbone
+
     model = setup.build_model().train()
+    if setup.freeze_backbone:
+        freeze_backbone(model, True)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = make_optimizer(model, setup.engine)
     x, y = setup.batch(min(64, len(setup.train)), transform=setup.train_transform)
@@ -385,9 +395,10 @@ def check_beats_trivial_baseline(setup: CheckSetup, real: ShortFit) -> CheckResu
 # -- 12. learning-rate range test ------------------------------------------------------------------
 
 
-def check_lr_range(setup: CheckSetup, low: float = 1e-6, high: float = 1.0) -> CheckResult:
+def check_lr_range(setup: CheckSetup) -> CheckResult:
     """Raise the learning rate exponentially over the steps; the loss should dip before it explodes."""
-    steps = setup.thresholds.lr_range_steps
+    thresholds = setup.thresholds
+    steps, low, high, valley = thresholds.lr_range_steps, thresholds.lr_range_low, thresholds.lr_range_high, thresholds.lr_valley_ratio
     model = setup.build_model().train()
     optimizer = make_optimizer(model, replace(setup.engine, lr=low))
     rates = np.geomspace(low, high, steps)
@@ -419,9 +430,9 @@ def check_lr_range(setup: CheckSetup, low: float = 1e-6, high: float = 1.0) -> C
     )  # fmt: skip
     return CheckResult(
         "lr_range_test",
-        ratio <= 0.9,
+        ratio <= valley,
         ratio,
-        0.9,
+        valley,
         f"lowest smoothed loss relative to the first over an exponential sweep {low:g}..{high:g}; suggested learning rate {suggested:.3g}"
         f" (configured {setup.engine.lr:g})",
         "no valley: the loss never fell, so no learning rate trains this setup; check the model and data first",

@@ -181,7 +181,13 @@ class ChecksConfig(Section):
     sample_epochs: int = Field(
         15, ge=2, description="epochs of the check step's short runs on the sample (its own budget: the sample is small)"
     )
+    output_bias_tolerance: float = Field(0.01, ge=0, description="largest |softmax(output bias) - class prior| allowed")
     lr_range_steps: int = Field(100, ge=5)
+    lr_range_low: float = Field(1e-6, gt=0, description="first learning rate of the range test's exponential sweep")
+    lr_range_high: float = Field(1.0, gt=0, description="last learning rate of the range test's sweep")
+    lr_valley_ratio: float = Field(
+        0.9, gt=0, lt=1, description="the smoothed loss's minimum must fall below this share of its start (a valley)"
+    )
     max_label_distance: float = Field(0.1, ge=0, le=1, description="total variation, sample vs full labels")
     max_property_drift: float = Field(0.2, ge=0, le=1, description="KS statistic, sample vs full image properties")
     max_leaked_duplicates: int = Field(0, ge=0, description="duplicates allowed across splits")
@@ -195,6 +201,12 @@ class ChecksConfig(Section):
         if any(not 0 < f < 1 for f in value):
             raise ValueError("learning-curve fractions must lie strictly between 0 and 1")
         return sorted(value)
+
+    @model_validator(mode="after")
+    def _sweep(self) -> ChecksConfig:
+        if self.lr_range_low >= self.lr_range_high:
+            raise ValueError(f"lr_range_low ({self.lr_range_low:g}) must be below lr_range_high ({self.lr_range_high:g})")
+        return self
 
 
 # --- registry and submission --------------------------------------------------------------------

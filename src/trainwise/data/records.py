@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import shutil
 import struct
 from dataclasses import dataclass, field
@@ -228,15 +229,20 @@ def _csv_source(folder: Path) -> ImageCsvSource:
 
 def _load_arrays(source: TorchvisionSource) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(images uint8 N,H,W[,C], labels) per split: raw IDX files when present, else torchvision."""
+    # A read-only root (a system package's folder) cannot take a download: fetch into the data cache.
+    roots = [source.root]
+    if source.download and not _writable(source.root):
+        roots.append(data_cache_dir() / "downloads" / source.name)
     if source.name in ("MNIST", "FashionMNIST"):
-        found = _find_idx(source.root)
-        if found is not None:
-            return found
+        for root in roots:
+            if (found := _find_idx(root)) is not None:
+                return found
     try:
         from torchvision import datasets
 
         dataset_class = getattr(datasets, source.name)
-        loaded = {split: dataset_class(str(source.root), train=split == TRAIN, download=source.download) for split in (TRAIN, TEST)}
+        root = str(roots[-1]) if source.download else str(source.root)
+        loaded = {split: dataset_class(root, train=split == TRAIN, download=source.download) for split in (TRAIN, TEST)}
     except (RuntimeError, OSError) as exc:
         where = {
             "MNIST": "the four *-idx?-ubyte(.gz) files",
@@ -247,6 +253,12 @@ def _load_arrays(source: TorchvisionSource) -> dict[str, tuple[np.ndarray, np.nd
         action = "could not be downloaded" if source.download else "has no local copy and data.source.download is false"
         raise DataError(f"{source.name} {action} ({exc}). Put {where} under {source.root} (data.source.root).") from None
     return {split: (np.asarray(ds.data), np.asarray(ds.targets)) for split, ds in loaded.items()}
+
+
+def _writable(folder: Path) -> bool:
+    """True when `folder` (or, when it does not exist yet, its nearest existing parent) takes new files."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return existing is not None and os.access(existing, os.W_OK)
 
 
 def _find_idx(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:

@@ -21,7 +21,7 @@ from trainwise.datacard import CardSection, render_html
 from trainwise.errors import ChecksFailedError
 from trainwise.fitting import build_model, engine_config
 from trainwise.steps import artifacts
-from trainwise.steps.inputs import load_prepared_data
+from trainwise.steps.inputs import initial_weights, load_prepared_data
 from trainwise.steps.runner import TAG_PASSED, StepContext
 from trainwise.steps.sample import TAG_CHECKS
 from trainwise.tracking import StepRun
@@ -38,14 +38,17 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         train_transform, eval_transform = image_transforms(cfg, data)
     else:
         train_transform = eval_transform = _as_float
+    init = initial_weights(cfg, ctx.tracker)  # the checks judge the model training will start from
     setup = CheckSetup(
         data=data,
-        build_model=lambda: build_model(cfg, data),
+        build_model=lambda: build_model(cfg, data, init_weights=init),
         engine=engine_config(cfg, data, epochs=cfg.checks.sample_epochs, early_stopping=False),
         train_transform=train_transform,
         eval_transform=eval_transform,
         thresholds=cfg.checks,
         prior_bias_init=cfg.model.prior_bias_init,
+        pretrained=init is not None,
+        freeze_backbone=cfg.model.freeze_backbone_epochs > 0,
     )
     results = run_pipeline_checks(setup) + carried_over(cfg, ctx)
     passed = all(r.passed for r in results)

@@ -7,6 +7,7 @@ themselves with an `id` column (the configured id column, or the row number) and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -15,8 +16,12 @@ from trainwise.data.loading import PreparedData, load_prepared
 from trainwise.data.manifest import OK
 from trainwise.data.records import TEST, TRAIN
 from trainwise.data.tables import with_ids
+from trainwise.errors import ConfigError
+from trainwise.paths import trainwise_home
+from trainwise.provenance import short_hash
 from trainwise.steps import artifacts
 from trainwise.steps.runner import StepContext
+from trainwise.tracking import Registry, Tracker
 
 IMAGE_PROPERTIES = ["width", "height", "brightness", "contrast", "mean_c0", "mean_c1", "mean_c2"]
 
@@ -66,3 +71,18 @@ def load_prepared_data(cfg: ProjectConfig, ctx: StepContext, scope: str) -> Prep
         cache_file=ctx.upstream_artifact("prepare", artifacts.CACHE_INFO) if image else None,
         table_file=None if image else ctx.upstream_artifact("ingest", artifacts.TABLE),
     )
+
+
+def initial_weights(cfg: ProjectConfig, tracker: Tracker) -> Path | None:
+    """model.init: a .safetensors file, or the weights inside a logged or registered trainwise model."""
+    init = cfg.model.init
+    if init is None:
+        return None
+    if not init.startswith(("models:/", "runs:/")):
+        return Path(init)
+    init = Registry(tracker.tracking_uri).pin(init)  # the champion of today, not the one cached last time
+    folder = tracker.download_model(init, trainwise_home() / "models" / short_hash(init))
+    found = sorted(folder.rglob("*.safetensors"))
+    if not found:
+        raise ConfigError(f"model.init: {init} holds no .safetensors weights (is it a trainwise model?)")
+    return found[0]

@@ -25,6 +25,7 @@ from trainwise.tracking import (
     TAG_CONFIG_HASH,
     TAG_DRY_RUN,
     TAG_UPSTREAM,
+    Registry,
     StepRun,
     Tracker,
 )
@@ -171,9 +172,13 @@ def run_key(
     """The key a step's run is tagged with: its config key, plus what it reads from the registry now
     and its options (--model, --rollback). Upstream lookups must use this too, not the bare key."""
     spec = get_step(step)
-    if not spec.reads_registry and not options:
+    init = cfg.model.init if "model" in spec.sections else None
+    moving_init = init is not None and init.startswith("models:/") and "@" in init
+    if not spec.reads_registry and not options and not moving_init:
         return keys[step]
-    state = registry_state(cfg, tracker, spec.reads_registry)
+    state: dict[str, Any] = registry_state(cfg, tracker, spec.reads_registry)
+    if moving_init:  # model.init through an alias: keyed on the version it points at now
+        state["model.init"] = Registry(tracker.tracking_uri).pin(init)
     return short_hash({"key": keys[step], "registry": state, "options": dict(options or {})}, 20)
 
 
@@ -183,8 +188,6 @@ def registry_state(cfg: ProjectConfig, tracker: Tracker, aliases: tuple[str, ...
     promote is keyed on the challenger it judges (not on the champion, which it moves itself: a
     second unchanged run must find it cached); submit on the champion that predicts.
     """
-    from trainwise.tracking import Registry
-
     if not aliases:
         return {}
     registry = Registry(tracker.tracking_uri)

@@ -26,15 +26,13 @@ from trainwise.data.records import list_images
 from trainwise.data.sampling import stratified_sample
 from trainwise.datacard import CardSection, render_html
 from trainwise.engine import Callback, FitResult, TensorData, Trainer
-from trainwise.errors import ConfigError, Terminated
+from trainwise.errors import Terminated
 from trainwise.evaluation import learning_curves, per_class_table, predict_split, report_figures
 from trainwise.fitting import build_model, engine_config
 from trainwise.metrics import CLASSIFICATION
-from trainwise.paths import trainwise_home
-from trainwise.provenance import short_hash
 from trainwise.steps import artifacts
 from trainwise.steps.check import require_passed_checks
-from trainwise.steps.inputs import load_prepared_data
+from trainwise.steps.inputs import initial_weights, load_prepared_data
 from trainwise.steps.runner import StepContext, checkpoint_dir
 from trainwise.tracking import StepRun, Tracker
 
@@ -91,7 +89,7 @@ def make_trainer(cfg: ProjectConfig, data: PreparedData, tracker: Tracker, *, ca
     train_transform, eval_transform = image_transforms(cfg, data) if data.is_image else (None, None)
     if cfg.model.freeze_backbone_epochs:
         callbacks = [*callbacks, FreezeBackbone(cfg.model.freeze_backbone_epochs)]
-    init = _initial_weights(cfg, tracker)
+    init = initial_weights(cfg, tracker)
     return Trainer(
         build_model(cfg, data, init_weights=init),
         engine_config(cfg, data, epochs=epochs),
@@ -99,20 +97,6 @@ def make_trainer(cfg: ProjectConfig, data: PreparedData, tracker: Tracker, *, ca
         eval_transform=eval_transform,
         callbacks=callbacks,
     )
-
-
-def _initial_weights(cfg: ProjectConfig, tracker: Tracker) -> Path | None:
-    """model.init: a .safetensors file, or the weights inside a logged or registered trainwise model."""
-    init = cfg.model.init
-    if init is None:
-        return None
-    if not init.startswith(("models:/", "runs:/")):
-        return Path(init)
-    folder = tracker.download_model(init, trainwise_home() / "models" / short_hash(init))
-    found = sorted(folder.rglob("*.safetensors"))
-    if not found:
-        raise ConfigError(f"model.init: {init} holds no .safetensors weights (is it a trainwise model?)")
-    return found[0]
 
 
 @contextmanager

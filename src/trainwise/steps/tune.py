@@ -207,6 +207,9 @@ class Objective:
             except optuna.TrialPruned as signal:
                 pruned = signal
                 child.set_tags({TAG_TRIAL_STATE: "pruned"})
+            except BaseException:  # diverged, interrupted, or a bug: the run ends FAILED (or KILLED) and says so
+                child.set_tags({TAG_TRIAL_STATE: "failed"})
+                raise
             else:
                 child.set_tags({TAG_TRIAL_STATE: "complete"})
                 child.log_metrics({"best_value": result.best_value})
@@ -220,7 +223,8 @@ def _end_runs_of_stale_trials(study: optuna.Study, tracker: Tracker) -> None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id and tracker.get_run(run_id).info.status == "RUNNING":
-            tracker.end_run(run_id, "FAILED", reason="its worker stopped sending heartbeats; the trial was retried")
+            reason = "its worker stopped sending heartbeats; the trial was retried"
+            tracker.end_run(run_id, "FAILED", reason=reason, tags={TAG_TRIAL_STATE: "failed"})
 
 
 def _log_study_plots(study: optuna.Study, run: StepRun) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from trainwise.errors import TrackingError
 from trainwise.tracking.runs import TAG_PROJECT, connect
 
 CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous-champion"
@@ -55,6 +56,20 @@ class Registry:
             return _version_info(self.client.get_model_version_by_alias(name, alias))
         except MlflowException:
             return None
+
+    def pin(self, model_uri: str) -> str:
+        """`models:/<name>@<alias>` as the version it points at now (`models:/<name>/<version>`);
+        other URIs unchanged. An alias moves; what was read through it must not."""
+        if not model_uri.startswith("models:/") or "@" not in model_uri:
+            return model_uri
+        name, alias = model_uri.removeprefix("models:/").rsplit("@", 1)
+        found = self.by_alias(name, alias)
+        if found is None:
+            raise TrackingError(
+                f"{model_uri}: registered model {name!r} has no alias {alias!r} on {self.tracking_uri} "
+                f"(see {self.url(name)}); name an existing version or alias"
+            )
+        return found.uri
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)

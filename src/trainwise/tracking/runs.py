@@ -389,9 +389,10 @@ class Tracker:
     def latest(self, step: str, *, status: str | None = None) -> Run | None:
         return next(iter(self.search({TAG_STEP: step}, status=status, max_results=1)), None)
 
-    def end_run(self, run_id: str, status: str, *, reason: str) -> None:
+    def end_run(self, run_id: str, status: str, *, reason: str, tags: Mapping[str, str] | None = None) -> None:
         """End a run some other process left open (a worker killed outright cannot end its own)."""
-        self.client.set_tag(run_id, TAG_ERROR, reason)
+        all_tags = {TAG_ERROR: reason, **(tags or {})}
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
         self.client.set_terminated(run_id, status)
 
     def get_run(self, run_id: str) -> Run:
