@@ -190,6 +190,7 @@ def test_tabular_projects(tracking_server: str, unique_name: str, tmp_path: Path
 @pytest.mark.slow
 def test_table_with_problems(tracking_server: str, unique_name: str, tmp_path: Path) -> None:
     rows = ["id,const,mixed,x,label"] + [f"{i},1,{i if i % 7 else 'unknown'},{i % 5},{'yes' if i % 2 else 'no'}" for i in range(60)]
+    rows += [f"{60 + i},1,3,3,yes" for i in range(6)]  # row 3 six more times under new ids: one group, one split
     (tmp_path / "rows.csv").write_text("\n".join(rows) + "\n")
     project = tmp_path / "proj"
     project.mkdir()
@@ -202,6 +203,10 @@ def test_table_with_problems(tracking_server: str, unique_name: str, tmp_path: P
     findings = pd.read_csv(artifact(tracking_server, latest_run(tracking_server, unique_name, "ingest"), "findings.csv", tmp_path))
     found = set(zip(findings["check"], findings["column"], strict=True))
     assert {("constant_column", "const"), ("mixed_types", "mixed"), ("identifier_like", "id")} <= found
+    duplicates = findings[findings["check"] == "duplicate_rows"]["detail"].tolist()
+    assert duplicates and duplicates[0].startswith("6 rows repeat an earlier row exactly"), findings
+    prepare = latest_run(tracking_server, unique_name, "prepare")
+    assert prepare.data.metrics["leaked.table_rows_across_splits"] == 0  # the seven copies share one split
     prep = json.loads(artifact(tracking_server, latest_run(tracking_server, unique_name, "prepare"), "preprocessing.json", tmp_path).read_text())
     assert prep["full"]["dropped"] == {"id": "the row id", "const": "constant"}
 

@@ -36,9 +36,13 @@ def test_a_small_study_with_child_runs_pruning_plots_and_a_challenger(tracking_s
     trials = step_runs(tracking_server, unique_name, "trial")
     assert len(trials) >= 6
     assert all(t.data.tags["mlflow.parentRunId"] == tune.info.run_id for t in trials)
-    assert {t.data.tags.get("trainwise.trial_state") for t in trials} <= {"complete", "pruned"}
-    assert all("trainwise.trial" in t.data.tags and "train.lr" in t.data.params for t in trials)
+    states = [t.data.tags.get("trainwise.trial_state") for t in trials]
+    assert set(states) <= {"complete", "pruned"}
+    assert states.count("pruned") == tune.data.metrics["trials_pruned"]  # the runs' tags agree with Optuna
     client = MlflowClient(tracking_server)
+    for pruned in (t for t in trials if t.data.tags["trainwise.trial_state"] == "pruned"):
+        assert len(client.get_metric_history(pruned.info.run_id, "val_loss")) < 4  # stopped before its last epoch
+    assert all("trainwise.trial" in t.data.tags and "train.lr" in t.data.params for t in trials)
     plots = {a.path for a in client.list_artifacts(tune.info.run_id, "study")}
     assert {"study/optimization_history.png", "study/intermediate_values.png", "study/slice.png"} <= plots
     assert tune.data.metrics["trials_complete"] + tune.data.metrics["trials_pruned"] >= 6
@@ -48,6 +52,12 @@ def test_a_small_study_with_child_runs_pruning_plots_and_a_challenger(tracking_s
     assert version is not None
     assert version.tags["trainwise.checks_passed"] == "true" and "trainwise.test_accuracy" in version.tags
     assert version.tags["trainwise.tune_run"] == tune.info.run_id
+    # Tuned on the full data (the digits default): the best trial's own weights, not a second training.
+    (best,) = step_runs(tracking_server, unique_name, "best")
+    assert version.tags["trainwise.source_run"] == best.info.run_id
+    assert best.data.metrics["best_val_accuracy"] == tune.data.metrics["best_value"]
+    assert best.data.tags["trainwise.trial_run"] in {t.info.run_id for t in trials}
+    assert not step_runs(tracking_server, unique_name, "retrain")
 
 
 @pytest.fixture

@@ -103,10 +103,22 @@ def test_table_findings_name_their_columns() -> None:
     assert ("constant_column", "const") in found
     assert ("mixed_types", "mixed") in found
     assert ("identifier_like", "row_id") not in found  # 29 repeats, so not unique
-    assert ("duplicate_rows", None) in found or ("conflicting_labels", "y") in found
     assert ("conflicting_labels", "y") in found
     unique_ids = frame.assign(row_id=np.arange(40))
     assert ("identifier_like", "row_id") in {(f.check, f.column) for f in table_findings(unique_ids, "y", classification=True)}
+
+
+def test_duplicate_rows_are_found_under_different_ids() -> None:
+    frame = pd.DataFrame({"row_id": range(30), "x": np.arange(30) * 0.5, "y": ["a", "b", "c"] * 10})
+    assert "duplicate_rows" not in {f.check for f in table_findings(frame, "y", classification=True)}
+    # Row 7 again under a new id: a duplicate all the same (an id says nothing about content).
+    repeated = pd.concat([frame, frame.iloc[[7]].assign(row_id=30)], ignore_index=True)
+    details = {f.check: f.detail for f in table_findings(repeated, "y", classification=True)}
+    assert details["duplicate_rows"] == "1 rows repeat an earlier row exactly (apart from row_id)"
+    assert "conflicting_labels" not in details
+    repeated.loc[30, "y"] = "c"  # same features, another label (row 7 is a "b")
+    details = {f.check: f.detail for f in table_findings(repeated, "y", classification=True)}
+    assert "duplicate_rows" not in details and "1 groups" in details["conflicting_labels"]
 
 
 def test_regression_target_must_be_numeric() -> None:

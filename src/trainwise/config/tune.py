@@ -71,7 +71,11 @@ class TuneConfig(Section):
     storage: str | None = Field(None, description="Optuna storage URL; default SQLite under .trainwise/")
     heartbeat_s: int = Field(10, ge=1, description="RDB storages: a running trial's heartbeat interval")
     grace_s: int = Field(60, ge=2, description="a trial whose heartbeat is older than this is failed and retried")
-    retrain: bool = Field(True, description="retrain the best configuration on the full training data and register it")
+    retrain: bool = Field(
+        True,
+        description="register the best configuration as challenger: the best trial's own model when tuning ran on the "
+        "full data, else retrained on the full training data; false: only the study",
+    )
     space: dict[str, SpaceParam] = Field(default_factory=dict, description="config path -> distribution")
 
     @field_validator("space")

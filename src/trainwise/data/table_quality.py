@@ -33,6 +33,7 @@ def table_findings(frame: pd.DataFrame, target: str, *, classification: bool) ->
     """Every problem found in `frame` (which must contain `target`)."""
     findings: list[Finding] = []
     features = [c for c in frame.columns if c != target]
+    keys: list[str] = []  # identifier-like columns: rows that differ only there are still duplicates
     missing_target = int(frame[target].isna().sum())
     if missing_target:
         findings.append(Finding("missing_target", WARNING, target, f"{missing_target} rows have no target; they are left out"))
@@ -45,14 +46,17 @@ def table_findings(frame: pd.DataFrame, target: str, *, classification: bool) ->
         if mixed:
             findings.append(Finding("mixed_types", WARNING, str(column), mixed))
         if _identifier_like(series, str(column)):
+            keys.append(column)
             findings.append(Finding("identifier_like", WARNING, str(column), "unique on every row like an id; dropped as a feature"))
         missing = int(series.isna().sum())
         if missing:
             findings.append(Finding("missing_values", INFO, str(column), f"{missing} missing ({missing / len(frame):.1%}); imputed"))
-    duplicated = frame.duplicated(keep="first")
+    content = frame.drop(columns=keys)
+    duplicated = content.duplicated(keep="first")
     if duplicated.any():
-        findings.append(Finding("duplicate_rows", WARNING, None, f"{int(duplicated.sum())} rows repeat an earlier row exactly"))
-    conflicts = conflicting_labels(frame, target) if features else 0
+        besides = f" (apart from {', '.join(map(str, keys))})" if keys else ""
+        findings.append(Finding("duplicate_rows", WARNING, None, f"{int(duplicated.sum())} rows repeat an earlier row exactly{besides}"))
+    conflicts = conflicting_labels(content, target) if len(content.columns) > 1 else 0
     if conflicts:
         what = "labels" if classification else "targets"
         findings.append(Finding("conflicting_labels", WARNING, target, f"{conflicts} groups of identical feature rows have different {what}"))

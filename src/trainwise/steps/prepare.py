@@ -58,9 +58,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
 def make_splits(cfg: ProjectConfig, data: IngestedData, sample_ids: set[str]) -> pd.DataFrame:
     """id, label, split (train/val/test/submit) and scope (full/sample) of every item."""
     pool = data.pool
-    grouped = cfg.task.is_image and cfg.split.group_duplicates and "dup_group" in pool
-    groups = pool["dup_group"].astype("Int64").fillna(-1 - pd.Series(range(len(pool)))) if grouped else pd.Series(pool.index)
-    groups.index = pool.index
+    groups = _duplicate_groups(cfg, data) if cfg.split.group_duplicates else pd.Series(range(len(pool)), index=pool.index)
     kinds = strata(pool[data.label], classification=cfg.task.is_classification)
     # A provided labelled test set stays the test set; otherwise part of the pool is held out.
     fractions = {"val": cfg.split.val} if data.test_labelled or not cfg.split.test else {"test": cfg.split.test, "val": cfg.split.val}
@@ -75,6 +73,25 @@ def make_splits(cfg: ProjectConfig, data: IngestedData, sample_ids: set[str]) ->
         label = test[data.label] if data.label in test else pd.Series([None] * len(test), index=test.index)
         parts.append(pd.DataFrame({"id": test["id"], data.label: label, "split": "test" if data.test_labelled else "submit", "scope": FULL}))
     return pd.concat(parts, ignore_index=True).rename(columns={data.label: "label"})
+
+
+def _duplicate_groups(cfg: ProjectConfig, data: IngestedData) -> pd.Series:
+    """A group id per pool item; items of one group land in one split.
+
+    Images: ingest's exact and near duplicate groups. Tables: rows with identical features (the
+    label aside: conflicting labels for the same features are one group too).
+    """
+    pool = data.pool
+    singles = pd.Series(range(len(pool)), index=pool.index)
+    if cfg.task.is_image:
+        if "dup_group" not in pool:
+            return singles
+        # Ungrouped items get negative ids of their own, apart from ingest's group numbers.
+        return pool["dup_group"].astype("Int64").fillna(-1 - singles).astype("int64")
+    features = [c for c in pool.columns if c not in ("id", data.label)]
+    if not features:
+        return singles
+    return pool.groupby(features, dropna=False, sort=False).ngroup().reindex(pool.index)
 
 
 def leakage_checks(cfg: ProjectConfig, data: IngestedData, splits: pd.DataFrame) -> list[CheckResult]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
+from safetensors.torch import load_file, save_file
 
 from trainwise import serving
 from trainwise.callbacks import TrackingCallback
@@ -68,7 +70,9 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     run.set_tags({TAG_STUDY: study.study_name, "trainwise.optuna_storage": _redact(storage_url)})
     log.info("study %s on %s: %d trials so far", study.study_name, _redact(storage_url), len(study.trials))
 
-    objective = Objective(cfg, data, ctx.tracker, run, study.study_name)
+    # Trials on the full data keep their weights: the best trial's model is then the model (no retraining).
+    keep_weights = cfg.tune.retrain and cfg.tune.dataset == "full"
+    objective = Objective(cfg, data, ctx.tracker, run, study.study_name, keep_weights=keep_weights)
     budget = MaxTrialsCallback(cfg.tune.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)) if cfg.tune.trials else None
     study.optimize(
         objective,
@@ -91,7 +95,11 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     _log_study_plots(study, run)
     outputs: dict[str, Any] = {"study": study.study_name, "best_value": best.value, "best_params": best.params, **counts}
     if cfg.tune.retrain:
-        outputs |= retrain_and_register(with_overrides(cfg, best.params), ctx, run, best)
+        best_cfg = with_overrides(cfg, best.params)
+        if keep_weights and _trial_has_weights(ctx.tracker, best):
+            outputs |= register_best_trial(best_cfg, ctx, run, best)
+        else:
+            outputs |= retrain_and_register(best_cfg, ctx, run, best)
     run.set_description(_markdown(cfg, study, best, counts, outputs))
     return outputs
 
@@ -185,8 +193,11 @@ class PruningCallback(Callback):
 class Objective:
     """One trial: suggest, train (reporting each epoch), return the best validation metric."""
 
-    def __init__(self, cfg: ProjectConfig, data: PreparedData, tracker: Tracker, parent: StepRun, study: str) -> None:
+    def __init__(
+        self, cfg: ProjectConfig, data: PreparedData, tracker: Tracker, parent: StepRun, study: str, *, keep_weights: bool = False
+    ) -> None:
         self.cfg, self.data, self.tracker, self.parent, self.study = cfg, data, tracker, parent, study
+        self.keep_weights = keep_weights  # log each completed trial's best weights (the best one becomes the model)
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.cfg.tune.space)
@@ -213,6 +224,8 @@ class Objective:
             else:
                 child.set_tags({TAG_TRIAL_STATE: "complete"})
                 child.log_metrics({"best_value": result.best_value})
+                if self.keep_weights:
+                    _log_trial_weights(child, result.best_state)
         if pruned is not None:  # the child run ended FINISHED, tagged pruned; Optuna records PRUNED
             raise pruned
         return float(result.best_value)
@@ -250,6 +263,42 @@ def _log_study_plots(study: optuna.Study, run: StepRun) -> None:
 
 # -- the best configuration ---------------------------------------------------------------------------
 
+TRIAL_WEIGHTS = "weights/model.safetensors"  # a completed trial's best-epoch weights (tune.dataset: full)
+
+
+def _log_trial_weights(run: StepRun, state: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory(prefix="trainwise-trial-") as tmp:
+        path = Path(tmp) / Path(TRIAL_WEIGHTS).name
+        save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(path))
+        run.log_artifact(path, str(Path(TRIAL_WEIGHTS).parent))
+
+
+def _trial_has_weights(tracker: Tracker, trial: FrozenTrial) -> bool:
+    """False for a best trial finished before its weights were kept (a study resumed across versions)."""
+    run_id = trial.user_attrs.get(RUN_ATTR)
+    return bool(run_id) and TRIAL_WEIGHTS in tracker.list_artifacts(run_id, str(Path(TRIAL_WEIGHTS).parent))
+
+
+def register_best_trial(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, best: FrozenTrial) -> dict[str, Any]:
+    """Tuning ran on the full data: the best trial's own weights, evaluated on the test split and registered."""
+    full = load_prepared_data(cfg, ctx, "full")
+    metric = cfg.task.metric or "accuracy"
+    trial_run = best.user_attrs[RUN_ATTR]
+    with tempfile.TemporaryDirectory(prefix="trainwise-best-") as tmp:
+        weights = ctx.tracker.download_artifact(trial_run, TRIAL_WEIGHTS, Path(tmp))
+        trainer = make_trainer(cfg, full, ctx.tracker, callbacks=[], epochs=cfg.tune.epochs)
+        trainer.model.load_state_dict(load_file(weights, device="cpu"), strict=True)
+    with ctx.tracker.run("best", parent=parent, run_name=f"best (trial {best.number})", tags={"trainwise.trial_run": trial_run}) as child:
+        child.log_params({**best.params, "trial": best.number})
+        child.set_description(f"The best trial's own model ([trial {best.number}]({ctx.tracker.url_of(ctx.tracker.get_run(trial_run))})), not retrained.")
+        finals = {"best_val_" + metric: float(best.value)}
+        if "test" in full.splits:
+            finals |= {f"test_{k}": v for k, v in predict_split(trainer, full, full.splits["test"]).metrics.items()}
+        child.log_metrics(finals)
+        uri = serving.log_model(child.run_id, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
+        source_run = child.run_id
+    return _register(cfg, ctx, parent, uri, source_run, finals) | {"from_trial": True}
+
 
 def retrain_and_register(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, best: FrozenTrial) -> dict[str, Any]:
     """Train the best configuration on the full training data, evaluate it on the test split, register it."""
@@ -266,10 +315,15 @@ def retrain_and_register(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, 
         child.log_metrics(finals)
         uri = serving.log_model(child.run_id, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
         retrain_run = child.run_id
+    return _register(cfg, ctx, parent, uri, retrain_run, finals)
+
+
+def _register(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, uri: str, source_run: str, finals: dict[str, float]) -> dict[str, Any]:
+    """A new version of the project's registered model from `uri`, with its provenance, aliased `challenger`."""
     check = ctx.tracker.get_run(ctx.upstream["check"]) if "check" in ctx.upstream else None
     ingest = ctx.tracker.get_run(ctx.upstream["ingest"])
     tags = {
-        "trainwise.source_run": retrain_run,
+        "trainwise.source_run": source_run,
         "trainwise.tune_run": parent.run_id,
         "trainwise.data_digest": ingest.data.tags.get("trainwise.data_digest", ""),
         "trainwise.checks": check.data.tags.get("trainwise.checks", "skipped") if check else "skipped",
@@ -294,7 +348,8 @@ def _markdown(cfg: ProjectConfig, study: optuna.Study, best: FrozenTrial, counts
         "| parameter | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in best.params.items()), "",
     ]  # fmt: skip
     if "version" in outputs:
-        lines.append(f"Retrained on the full data and registered as `{outputs['registered_model']}` version {outputs['version']}, alias `challenger`.")
+        how = "The best trial's own model" if outputs.get("from_trial") else "Retrained on the full data and"
+        lines.append(f"{how} registered as `{outputs['registered_model']}` version {outputs['version']}, alias `challenger`.")
     lines.append("Plots of the study under `study/`; one child run per trial.")
     return "\n".join(lines)
 

@@ -70,6 +70,15 @@ def connect(uri: str) -> MlflowClient:
             "proxied artifacts). Unset MLFLOW_TRACKING_URI to use the local server trainwise starts, "
             "or point it at an http(s) server."
         )
+    if not uri.startswith(("http://", "https://")) and os.environ.get(JOIN_RUN_ENV):
+        # `mlflow run` with no MLFLOW_TRACKING_URI created its run in MLflow's default local store
+        # (sqlite:///mlflow.db) and handed us that URI: joining it is all we can do, but say so.
+        log.warning(
+            "mlflow run logs to %s, not to a tracking server: the runs, models and artifacts stay in this folder. "
+            "Export MLFLOW_TRACKING_URI=$(trainwise server ui-url) (after `trainwise server start`) before `mlflow run` "
+            "to log to the server and see them in its UI.",
+            uri,
+        )
     if uri.startswith(("http://", "https://")) and not health(uri, timeout=5.0):
         raise TrackingError(
             f"the MLflow tracking server at {uri} does not answer ({uri.rstrip('/')}/health). "
@@ -410,6 +419,10 @@ class Tracker:
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst), tracking_uri=self.tracking_uri))
         except MlflowException as exc:
             raise TrackingError(f"could not download {model_uri} from {self.tracking_uri}: {exc.message}") from None
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+        """The artifact paths directly under `path` of a run."""
+        return [a.path for a in self.client.list_artifacts(run_id, path)]
 
     def download_artifact(self, run_id: str, artifact_path: str, dst: Path) -> Path:
         dst.mkdir(parents=True, exist_ok=True)
