@@ -200,6 +200,10 @@ def run_command(project: str, overrides: tuple[str, ...], force: str, dry_run: b
     out.print(table)
     out.print(f"MLflow UI:    {tracker.experiment_url}  (experiment {cfg.name})", highlight=False)
     out.print(f"pipeline run: {pipeline_url}", highlight=False)
+    submitted = next((o for o in outcomes if o.step == "submit" and o.outputs.get("file")), None)
+    if submitted is not None:
+        score = submitted.outputs.get("score")
+        out.print(f"submission:   {submitted.outputs['file']}" + (f"  (score {score:.4f})" if score is not None else ""), highlight=False)
     out.print(f"outputs:      run artifacts in the MLflow UI; local state in {trainwise_home()}", highlight=False)
 
 

@@ -61,6 +61,8 @@ def test_digits_ingest_sample_prepare(tracking_server: str, unique_name: str, tm
 
     sample = latest_run(tracking_server, unique_name, "sample")
     assert sample.data.metrics["sample_size"] == 300
+    rows = pd.read_parquet(artifact(tracking_server, sample, "sample.parquet", tmp_path))
+    assert len(rows) == 300 and {"id", "path", "label", "sha256", "width", "height"} <= set(rows.columns)  # manifest rows
     assert sample.data.tags["trainwise.checks"].endswith("passed")
     checks = json.loads(artifact(tracking_server, sample, "representativeness.json", tmp_path).read_text())["checks"]
     assert {c["name"] for c in checks} >= {"sample_label_distribution", "sample_drift_brightness"}

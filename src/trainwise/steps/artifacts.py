@@ -12,7 +12,7 @@ DUPLICATES = "duplicates.csv"  # one row per exact/near duplicate group
 QUALITY = "quality_report.json"  # counts, findings, thresholds
 
 # sample -> prepare, check
-SAMPLE = "sample.parquet"  # ids of the items in the sample
+SAMPLE = "sample.parquet"  # the sample's manifest rows (images) or table rows, with their ids
 REPRESENTATIVENESS = "representativeness.json"  # sample-vs-full checks
 
 # prepare -> check, train, tune

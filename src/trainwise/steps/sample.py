@@ -39,7 +39,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         max_drift=cfg.checks.max_property_drift,
     )
 
-    run.log_frame(sample[["id", data.label]].reset_index(drop=True), artifacts.SAMPLE)
+    run.log_frame(sample.reset_index(drop=True), artifacts.SAMPLE)  # the manifest rows (or table rows) of the sample
     run.log_dict({"checks": [r.to_dict() for r in results], "notes": notes}, artifacts.REPRESENTATIVENESS)
     for result in results:
         if result.figure is not None:

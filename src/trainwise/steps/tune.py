@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import load_file, save_file
+from sqlalchemy.exc import SQLAlchemyError
 
 from trainwise import serving
 from trainwise.callbacks import TrackingCallback
@@ -143,13 +145,27 @@ def make_storage(url: str, cfg: ProjectConfig) -> optuna.storages.BaseStorage:
         path = Path(url).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    return RDBStorage(
-        url,
-        heartbeat_interval=cfg.tune.heartbeat_s,
-        grace_period=cfg.tune.grace_s,
-        # A killed worker's trial is failed once its heartbeat is stale, then queued again with the same params.
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-    )
+    # Workers started together on an empty database race to create Optuna's schema (PostgreSQL:
+    # UniqueViolation on the `studydirection` enum type); a loser opens it again once the winner is done.
+    attempts = 5
+    for attempt in range(1, attempts + 1):
+        try:
+            return RDBStorage(
+                url,
+                heartbeat_interval=cfg.tune.heartbeat_s,
+                grace_period=cfg.tune.grace_s,
+                # A killed worker's trial is failed once its heartbeat is stale, then queued again with the same params.
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+        except SQLAlchemyError as exc:
+            if attempt == attempts:
+                raise ConfigError(
+                    f"could not open the Optuna storage {_redact(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
+                    "Check the address, the database and its credentials (--storage, tune.storage or $TRAINWISE_OPTUNA_STORAGE)"
+                ) from None
+            log.info("opening the Optuna storage failed (%s); retrying", type(exc).__name__)
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
 
 
 def suggest(trial: optuna.Trial, space: dict[str, FloatParam | IntParam | CategoricalParam]) -> dict[str, Any]:
@@ -359,5 +375,6 @@ def _redact(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         credentials, host = rest.rsplit("@", 1)
-        return f"{scheme}://{credentials.split(':')[0]}:***@{host}"
+        user, has_password, _ = credentials.partition(":")
+        return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
     return url
