@@ -74,7 +74,7 @@ def test_digits_ingest_sample_prepare(tracking_server: str, unique_name: str, tm
     assert set(full["split"]) == {"train", "val", "test", "submit"}
     assert (full["split"] == "submit").sum() == 360  # the unlabelled test folder
     assert set(splits.loc[splits["scope"] == "sample", "split"]) == {"train", "val"}
-    assert prepare.data.tags["trainwise.checks"] == "3/3 passed"
+    assert prepare.data.tags["trainwise.checks"] == "5/5 passed"  # exact copies and duplicate groups per scope, test overlap
     norm = json.loads(artifact(tracking_server, prepare, "normalization.json", tmp_path).read_text())
     assert 0.2 < norm["full"]["mean"][0] < 0.4 and norm["full"]["items"] == (full["split"] == "train").sum()
     cache = json.loads(artifact(tracking_server, prepare, "cache.json", tmp_path).read_text())
@@ -160,14 +160,17 @@ def test_duplicates_never_straddle_splits_unless_grouping_is_off(tracking_server
     assert ingest.data.metrics["exact_duplicate_groups"] == 2
     prepare = latest_run(tracking_server, unique_name, "prepare")
     assert prepare.data.metrics["leaked.duplicate_groups_across_splits_full"] == 0
+    assert prepare.data.metrics["leaked.exact_copies_across_splits_full"] == 0
 
-    leaky = [seed for seed in range(5) if _leaks(project, seed, tracking_server, unique_name) > 0]
+    leaks = [_leaks(project, seed, tracking_server, unique_name) for seed in range(5)]
+    leaky = [found for found in leaks if found["leaked.duplicate_groups_across_splits_full"] > 0]
     assert leaky, "without grouping, 9 copies of an image in 3 splits should straddle them"
+    assert all(found["leaked.exact_copies_across_splits_full"] > 0 for found in leaky)  # the copies are exact
 
 
-def _leaks(project: Path, seed: int, server: str, name: str) -> float:
+def _leaks(project: Path, seed: int, server: str, name: str) -> dict[str, float]:
     invoke("prepare", "--project", str(project), "--set", f"split.group_duplicates=false split.seed={seed}")
-    return latest_run(server, name, "prepare").data.metrics["leaked.duplicate_groups_across_splits_full"]
+    return latest_run(server, name, "prepare").data.metrics
 
 
 @pytest.mark.slow

@@ -162,7 +162,6 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = Field(False, description="torch.compile (measured slower on CPU for small CNNs)")
-    num_workers: int = Field(0, ge=0)
     seed: int = 0
 
 

@@ -102,6 +102,9 @@ def leakage_checks(cfg: ProjectConfig, data: IngestedData, splits: pd.DataFrame)
     info = pd.concat([data.pool, data.test] if data.test is not None else [data.pool])[["id", "sha256", "dup_group"]]
     for scope in (FULL, SAMPLE):
         part = splits[(splits["scope"] == scope) & splits["split"].isin(["train", "val", "test"])].merge(info, on="id")
+        # Exact copies (same bytes) and duplicate groups (exact or near: perceptual hash) counted apart.
+        exact = part.groupby("sha256")["split"].nunique()
+        results.append(_leak_check(f"exact_copies_across_splits_{scope}", int((exact > 1).sum()), cfg.checks.max_leaked_duplicates))
         spanning = part.dropna(subset=["dup_group"]).groupby("dup_group")["split"].nunique()
         results.append(_leak_check(f"duplicate_groups_across_splits_{scope}", int((spanning > 1).sum()), cfg.checks.max_leaked_duplicates))
     if data.test is not None:

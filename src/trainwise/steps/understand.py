@@ -44,11 +44,13 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
 def problem_card(cfg: ProjectConfig, data: Peek) -> str:
     """The problem card: task, target, classes, metric, submission format and the plan."""
     task = cfg.task
-    lines = [f"# {cfg.name}: problem card", ""]
-    if cfg.description:
-        lines += [cfg.description.strip(), ""]
     n_classes = len(data.class_counts or {})
     what = _TASK_WORDS[task.type] + (f", {n_classes} classes" if task.is_classification else "")
+    # The gist first: the MLflow UI collapses a long description after its first lines.
+    gist = f"**{what}**; predict `{task.target}`; metric {task.metric} ({task.direction}); {_count(data.n_train)} training items"
+    lines = [f"# {cfg.name}: problem card", "", gist, ""]
+    if cfg.description:
+        lines += [cfg.description.strip(), ""]
     rows = [
         ("task", what),
         ("target", f"`{task.target}`"),
