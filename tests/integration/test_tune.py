@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 
 def test_a_small_study_with_child_runs_pruning_plots_and_a_challenger(tracking_server: str, unique_name: str) -> None:
     settings = f"name={unique_name} train.epochs=4 tune.epochs=4 tune.trials=6 tune.warmup_epochs=1"
-    invoke("run", "--project", DIGITS, "--set", settings, "--dry-run")
+    for step in ("ingest", "sample", "prepare", "check", "tune"):
+        invoke(step, "--project", DIGITS, "--set", settings, "--dry-run")
     (tune,) = step_runs(tracking_server, unique_name, "tune")
     assert tune.info.status == "FINISHED"
     trials = step_runs(tracking_server, unique_name, "trial")

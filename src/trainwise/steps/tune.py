@@ -16,6 +16,7 @@ import os
 import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -150,13 +151,15 @@ def make_storage(url: str, cfg: ProjectConfig) -> optuna.storages.BaseStorage:
     attempts = 5
     for attempt in range(1, attempts + 1):
         try:
-            return RDBStorage(
-                url,
-                heartbeat_interval=cfg.tune.heartbeat_s,
-                grace_period=cfg.tune.grace_s,
-                # A killed worker's trial is failed once its heartbeat is stale, then queued again with the same params.
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9; we rely on them knowingly
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    heartbeat_interval=cfg.tune.heartbeat_s,
+                    grace_period=cfg.tune.grace_s,
+                    # A killed worker's trial is failed once its heartbeat is stale, then queued again with the same params.
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                )
         except SQLAlchemyError as exc:
             if attempt == attempts:
                 raise ConfigError(
@@ -268,7 +271,9 @@ def _log_study_plots(study: optuna.Study, run: StepRun) -> None:
     }
     for name, draw in plots.items():
         try:
-            axes = draw(study)
+            with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental; we chose them knowingly
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = draw(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances need 2+ completed trials
             log.info("study plot %s skipped: %s", name, exc)
             continue
