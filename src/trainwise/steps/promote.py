@@ -227,7 +227,8 @@ def _score(ctx: StepContext, holdout: Holdout, role: str, version: ModelVersionI
         probabilities = output[[f"{serving.PROB_PREFIX}{c}" for c in holdout.classes]].to_numpy(dtype=np.float64)
         outputs = torch.from_numpy(probabilities).clamp_min(1e-12).log().float()  # log-probabilities serve as logits
     else:
-        outputs = torch.from_numpy(output["prediction"].to_numpy(dtype=np.float64))
+        # A copy: pandas may hand out a read-only view, which torch.from_numpy warns about.
+        outputs = torch.from_numpy(output["prediction"].to_numpy(dtype=np.float64, copy=True))
     accumulator.update(outputs, holdout.targets, torch.zeros(()))
     metrics = {k: v for k, v in accumulator.compute().items() if k != "loss"}
     return Scored(role, version, Predictions(outputs, holdout.targets, metrics), metrics)
