@@ -208,8 +208,8 @@ class Trainer:
         CIFAR-10's training set is 150 MB), so no batch crosses the bus; otherwise in pinned host
         memory, so the non_blocking copies in `_inputs` overlap with compute. CPU and MPS: as is.
         """
-        if self.device.type != "cuda" or data.x.device.type == "cuda":
-            return data
+        if self.device.type != "cuda" or data.x.device.type == "cuda" or data.x.is_pinned():
+            return data  # already staged: evaluate() sees the same val data every epoch
         size = data.x.element_size() * data.x.nelement() + data.y.element_size() * data.y.nelement()
         free, _ = torch.cuda.mem_get_info(self.device)
         if size < free // 4:

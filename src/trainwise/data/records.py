@@ -241,8 +241,7 @@ def _load_arrays(source: TorchvisionSource) -> dict[str, tuple[np.ndarray, np.nd
         from torchvision import datasets
 
         dataset_class = getattr(datasets, source.name)
-        root = str(roots[-1]) if source.download else str(source.root)
-        loaded = {split: dataset_class(root, train=split == TRAIN, download=source.download) for split in (TRAIN, TEST)}
+        loaded = {split: dataset_class(str(roots[-1]), train=split == TRAIN, download=source.download) for split in (TRAIN, TEST)}
     except (RuntimeError, OSError) as exc:
         where = {
             "MNIST": "the four *-idx?-ubyte(.gz) files",

@@ -28,6 +28,7 @@ from trainwise.tracking import (
     Registry,
     StepRun,
     Tracker,
+    is_alias_uri,
 )
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def run_key(
     and its options (--model, --rollback). Upstream lookups must use this too, not the bare key."""
     spec = get_step(step)
     init = cfg.model.init if "model" in spec.sections else None
-    moving_init = init is not None and init.startswith("models:/") and "@" in init
+    moving_init = init is not None and is_alias_uri(init)
     if not spec.reads_registry and not options and not moving_init:
         return keys[step]
     state: dict[str, Any] = registry_state(cfg, tracker, spec.reads_registry)

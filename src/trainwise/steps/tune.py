@@ -100,7 +100,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     if cfg.tune.retrain:
         best_cfg = with_overrides(cfg, best.params)
         if keep_weights and _trial_has_weights(ctx.tracker, best):
-            outputs |= register_best_trial(best_cfg, ctx, run, best)
+            outputs |= register_best_trial(best_cfg, ctx, run, best, data)  # data: the full data the trials used
         else:
             outputs |= retrain_and_register(best_cfg, ctx, run, best)
     run.set_description(_markdown(cfg, study, best, counts, outputs))
@@ -148,27 +148,31 @@ def make_storage(url: str, cfg: ProjectConfig) -> optuna.storages.BaseStorage:
         return JournalStorage(JournalFileBackend(str(path)))
     # Workers started together on an empty database race to create Optuna's schema (PostgreSQL:
     # UniqueViolation on the `studydirection` enum type); a loser opens it again once the winner is done.
-    attempts = 5
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, 5):
         try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9; we rely on them knowingly
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(
-                    url,
-                    heartbeat_interval=cfg.tune.heartbeat_s,
-                    grace_period=cfg.tune.grace_s,
-                    # A killed worker's trial is failed once its heartbeat is stale, then queued again with the same params.
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-                )
+            return _rdb_storage(url, cfg)
         except SQLAlchemyError as exc:
-            if attempt == attempts:
-                raise ConfigError(
-                    f"could not open the Optuna storage {_redact(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
-                    "Check the address, the database and its credentials (--storage, tune.storage or $TRAINWISE_OPTUNA_STORAGE)"
-                ) from None
             log.info("opening the Optuna storage failed (%s); retrying", type(exc).__name__)
             time.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")
+    try:
+        return _rdb_storage(url, cfg)
+    except SQLAlchemyError as exc:
+        raise ConfigError(
+            f"could not open the Optuna storage {_redact(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
+            "Check the address, the database and its credentials (--storage, tune.storage or $TRAINWISE_OPTUNA_STORAGE)"
+        ) from None
+
+
+def _rdb_storage(url: str, cfg: ProjectConfig) -> RDBStorage:
+    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9; we rely on them knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url,
+            heartbeat_interval=cfg.tune.heartbeat_s,
+            grace_period=cfg.tune.grace_s,
+            # A killed worker's trial is failed once its heartbeat is stale, then queued again with the same params.
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
 
 
 def suggest(trial: optuna.Trial, space: dict[str, FloatParam | IntParam | CategoricalParam]) -> dict[str, Any]:
@@ -300,9 +304,8 @@ def _trial_has_weights(tracker: Tracker, trial: FrozenTrial) -> bool:
     return bool(run_id) and TRIAL_WEIGHTS in tracker.list_artifacts(run_id, str(Path(TRIAL_WEIGHTS).parent))
 
 
-def register_best_trial(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, best: FrozenTrial) -> dict[str, Any]:
+def register_best_trial(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, best: FrozenTrial, full: PreparedData) -> dict[str, Any]:
     """Tuning ran on the full data: the best trial's own weights, evaluated on the test split and registered."""
-    full = load_prepared_data(cfg, ctx, "full")
     metric = cfg.task.metric or "accuracy"
     trial_run = best.user_attrs[RUN_ATTR]
     with tempfile.TemporaryDirectory(prefix="trainwise-best-") as tmp:
@@ -312,13 +315,8 @@ def register_best_trial(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, b
     with ctx.tracker.run("best", parent=parent, run_name=f"best (trial {best.number})", tags={"trainwise.trial_run": trial_run}) as child:
         child.log_params({**best.params, "trial": best.number})
         child.set_description(f"The best trial's own model ([trial {best.number}]({ctx.tracker.url_of(ctx.tracker.get_run(trial_run))})), not retrained.")
-        finals = {"best_val_" + metric: float(best.value)}
-        if "test" in full.splits:
-            finals |= {f"test_{k}": v for k, v in predict_split(trainer, full, full.splits["test"]).metrics.items()}
-        child.log_metrics(finals)
-        uri = serving.log_model(child.run_id, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
-        source_run = child.run_id
-    return _register(cfg, ctx, parent, uri, source_run, finals) | {"from_trial": True}
+        uri, finals = _test_and_log_model(cfg, ctx, child, trainer, full, {"best_val_" + metric: float(best.value)})
+    return _register(cfg, ctx, parent, uri, child.run_id, finals) | {"from_trial": True}
 
 
 def retrain_and_register(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, best: FrozenTrial) -> dict[str, Any]:
@@ -330,13 +328,19 @@ def retrain_and_register(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, 
         trainer = make_trainer(cfg, full, ctx.tracker, callbacks=[TrackingCallback(child)])
         result = trainer.fit(full.splits["train"], full.splits.get("val"))
         trainer.model.load_state_dict(result.best_state)
-        finals = {"best_val_" + metric: result.best_value}
-        if "test" in full.splits:
-            finals |= {f"test_{k}": v for k, v in predict_split(trainer, full, full.splits["test"]).metrics.items()}
-        child.log_metrics(finals)
-        uri = serving.log_model(child.run_id, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
-        retrain_run = child.run_id
-    return _register(cfg, ctx, parent, uri, retrain_run, finals)
+        uri, finals = _test_and_log_model(cfg, ctx, child, trainer, full, {"best_val_" + metric: result.best_value})
+    return _register(cfg, ctx, parent, uri, child.run_id, finals)
+
+
+def _test_and_log_model(
+    cfg: ProjectConfig, ctx: StepContext, run: StepRun, trainer: Trainer, full: PreparedData, finals: dict[str, float]
+) -> tuple[str, dict[str, float]]:
+    """Score the final model on the test split (once), log the metrics and the servable model; (model URI, metrics)."""
+    if "test" in full.splits:
+        finals = finals | {f"test_{k}": v for k, v in predict_split(trainer, full, full.splits["test"]).metrics.items()}
+    run.log_metrics(finals)
+    uri = serving.log_model(run.run_id, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
+    return uri, finals
 
 
 def _register(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, uri: str, source_run: str, finals: dict[str, float]) -> dict[str, Any]:

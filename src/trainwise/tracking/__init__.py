@@ -6,7 +6,7 @@ holds registered models, versions and aliases.
 """
 
 from trainwise.tracking.models import load_pyfunc as load_pyfunc  # re-exported
-from trainwise.tracking.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, ModelVersionInfo, Registry
+from trainwise.tracking.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, ModelVersionInfo, Registry, is_alias_uri
 from trainwise.tracking.runs import (
     EXPERIMENT_KIND,
     JOIN_RUN_ENV,
@@ -53,5 +53,6 @@ __all__ = [
     "Tracker",
     "connect",
     "experiment_url",
+    "is_alias_uri",
     "run_url",
 ]

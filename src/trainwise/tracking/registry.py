@@ -60,7 +60,7 @@ class Registry:
     def pin(self, model_uri: str) -> str:
         """`models:/<name>@<alias>` as the version it points at now (`models:/<name>/<version>`);
         other URIs unchanged. An alias moves; what was read through it must not."""
-        if not model_uri.startswith("models:/") or "@" not in model_uri:
+        if not is_alias_uri(model_uri):
             return model_uri
         name, alias = model_uri.removeprefix("models:/").rsplit("@", 1)
         found = self.by_alias(name, alias)
@@ -85,6 +85,11 @@ class Registry:
     def url(self, name: str, version: str | None = None) -> str:
         base = f"{self.tracking_uri.rstrip('/')}/#/models/{name}"
         return f"{base}/versions/{version}" if version else base
+
+
+def is_alias_uri(model_uri: str) -> bool:
+    """`models:/<name>@<alias>`: a reference that moves when the alias does."""
+    return model_uri.startswith("models:/") and "@" in model_uri
 
 
 def _version_info(version: Any) -> ModelVersionInfo:
