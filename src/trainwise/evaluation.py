@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from trainwise import plots
 from trainwise.data.loading import PreparedData
 from trainwise.engine import TensorData, Trainer
-from trainwise.metrics import CLASSIFICATION
+from trainwise.metrics import CLASSIFICATION, confusion_matrix, per_class_metrics
 
 
 @dataclass
@@ -38,19 +38,13 @@ def predict_split(trainer: Trainer, data: PreparedData, split: TensorData) -> Pr
 
 
 def per_class_table(predictions: Predictions, classes: list[str]) -> pd.DataFrame:
-    matrix = confusion(predictions, len(classes))
-    correct = np.diag(matrix).astype(float)
-    support = matrix.sum(axis=1)
-    predicted = matrix.sum(axis=0)
-    precision = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
-    recall = np.divide(correct, support, out=np.zeros_like(correct), where=support > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(correct), where=(precision + recall) > 0)
-    return pd.DataFrame({"class": classes, "precision": precision, "recall": recall, "f1": f1, "support": support})
+    """Precision, recall, F1 and support per class, a row for every class (per_class_metrics)."""
+    table = per_class_metrics(predictions.targets.numpy(), predictions.predicted(), len(classes))
+    return pd.DataFrame({"class": classes, **table})
 
 
 def confusion(predictions: Predictions, num_classes: int) -> np.ndarray:
-    true = predictions.targets.numpy().astype(int)
-    return np.bincount(true * num_classes + predictions.predicted(), minlength=num_classes**2).reshape(num_classes, num_classes)
+    return confusion_matrix(predictions.targets.numpy(), predictions.predicted(), num_classes)
 
 
 def worst_errors(predictions: Predictions, count: int = 24) -> np.ndarray:

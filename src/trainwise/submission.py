@@ -10,7 +10,6 @@ Each problem is a SubmissionError naming the first offending ids (at most MAX_NA
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -20,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import accuracy_score, root_mean_squared_error
 
 from trainwise.errors import TrainwiseError
 
@@ -304,10 +304,10 @@ def score_submission(frame: pd.DataFrame, spec: SubmissionSpec, answers: pd.Data
             f"the answers share no ids with the submission (answers: {_name(truth.index)}; submission: {_name(predicted.index)})"
         )
     if spec.kind == "regression":
-        error = predicted[shared].astype("float64") - pd.to_numeric(truth[shared]).astype("float64")
-        return Score("submission_rmse", math.sqrt(float((error**2).mean())), len(shared))
-    hits = predicted[shared].astype(str).to_numpy() == truth[shared].astype(str).to_numpy()
-    return Score("submission_accuracy", float(hits.mean()), len(shared))
+        rmse = root_mean_squared_error(pd.to_numeric(truth[shared]).astype("float64"), predicted[shared].astype("float64"))
+        return Score("submission_rmse", float(rmse), len(shared))
+    accuracy = accuracy_score(truth[shared].astype(str), predicted[shared].astype(str))
+    return Score("submission_accuracy", float(accuracy), len(shared))
 
 
 def predicted_values(frame: pd.DataFrame, spec: SubmissionSpec) -> pd.Series:

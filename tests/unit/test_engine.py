@@ -21,7 +21,7 @@ from trainwise.engine import (
     cpu_has_native_bf16,
     select_precision,
 )
-from trainwise.metrics import CLASSIFICATION, REGRESSION, classification_metrics
+from trainwise.metrics import CLASSIFICATION, REGRESSION
 
 
 def digits() -> tuple[TensorData, TensorData]:
@@ -138,14 +138,6 @@ def test_regression_metrics_are_in_target_units() -> None:
     assert 40 < last["val_rmse"] < 70  # the target's std is 77: a real fit, in the target's units
     assert 0.2 < last["val_r2"] < 0.8
     assert result.best_value == min(h["val_rmse"] for h in result.history)
-
-
-def test_classification_metrics_from_a_confusion_matrix() -> None:
-    matrix = torch.tensor([[8.0, 2.0], [0.0, 0.0]])  # class 1 never occurs
-    metrics = classification_metrics(matrix)
-    assert metrics["accuracy"] == pytest.approx(0.8)
-    assert metrics["balanced_accuracy"] == pytest.approx(0.8)  # absent classes do not count
-    assert metrics["f1_macro"] == pytest.approx(2 * 1 * 0.8 / 1.8)
 
 
 def test_precision_choice() -> None:

@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
+from sklearn.metrics import root_mean_squared_error
 
 from trainwise.plots._base import ALERT, PALETTE, _figure, _head, _text
 
@@ -98,7 +99,7 @@ def predicted_vs_true(true: Sequence[float], predicted: Sequence[float], *, name
     right.axhline(0, color=ALERT, linestyle="--", linewidth=1.2)
     right.set_xlabel("predicted")
     right.set_ylabel("residual (true - predicted)")
-    rmse = float(np.sqrt(np.mean((t - p) ** 2))) if len(t) else float("nan")
+    rmse = float(root_mean_squared_error(t, p)) if len(t) else float("nan")
     _head(fig, "Predicted vs true, and residuals", f"{len(t):,} items, RMSE {rmse:.4g}")
     return fig
 
