@@ -24,8 +24,12 @@ class CheckpointError(TrainwiseError):
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic on POSIX and Windows
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except BaseException:  # also SIGTERM (Terminated) mid-write: leave no half-written file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -4,9 +4,12 @@ Data sits in memory as tensors (uint8 images from the decoded cache, float rows 
 batches are taken by indexing a shuffled permutation: no per-item Python dataset on the hot path.
 Image batches are augmented and normalised on the device by `train_transform`.
 
-Reproducible on CPU: the model is built after `torch.manual_seed(seed)` by the caller, each epoch
-shuffles with its own generator seeded from (seed, epoch), and checkpoints carry the global RNG
-state, so a resumed run draws the same augmentations and dropout masks as an uninterrupted one.
+Reproducible on CPU: the model is built after `torch.manual_seed(seed)` by the caller, and each
+epoch shuffles with its own generator seeded from (seed, epoch), so the data order needs no saved
+state. Resume is exact: a checkpoint taken at the end of an epoch holds everything the next epoch
+reads (weights, optimiser, schedule, grad scaler, the early-stopping counter and best weights, and
+the torch, CUDA, numpy and python RNG states that augmentation and dropout draw from), so a resumed
+run trains the same epochs to the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -21,15 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from trainwise.checkpoints import CheckpointError
 from trainwise.errors import TrainwiseError
 from trainwise.metrics import CLASSIFICATION, MetricAccumulator
 
 log = logging.getLogger(__name__)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+# The layout of Trainer.state_dict. 2 added the early-stopping counter and the numpy and python RNG
+# states; a format-1 checkpoint lacks them, so it cannot resume exactly.
+STATE_FORMAT = 2
 
 
 class NonFiniteLossError(TrainwiseError):
@@ -171,6 +181,7 @@ class Trainer:
         self.best_value = -math.inf if config.direction == "maximize" else math.inf
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] = {}
+        self.epochs_without_improvement = 0  # early stopping's counter: part of the resumable state
         self.last_checkpoint: str | None = None  # set by a checkpoint callback; named in errors
 
     # -- set-up that depends on the data -------------------------------------------------------------
@@ -232,9 +243,9 @@ class Trainer:
             self.load_state_dict(resume)
         for callback in self.callbacks:
             callback.on_fit_start(self)
-        stop_reason = "completed"
-        patience_left = config.early_stopping_patience
-        while self.epoch < config.epochs:
+        # Not None already when resumed from the epoch that ran out of patience (killed before it returned).
+        stop_reason = self._early_stopping_reason()
+        while stop_reason is None and self.epoch < config.epochs:
             started = time.perf_counter()
             train_metrics = self._train_epoch(train, steps_per_epoch)
             self.epoch += 1
@@ -244,13 +255,13 @@ class Trainer:
             seconds = time.perf_counter() - started
             metrics.update({"epoch_seconds": seconds, "images_per_second": len(train) / seconds, "lr": self.optimizer.param_groups[0]["lr"]})
             value = metrics.get(f"val_{config.metric}", metrics.get(f"train_{config.metric}", float("nan")))
-            improved = self._better(value)
-            if improved:
+            # Updated before the callbacks, so a checkpoint written by one holds this epoch's early-stopping state.
+            if self._better(value):
                 self.best_value, self.best_epoch = value, self.epoch
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(self.model).state_dict().items()}
-                patience_left = config.early_stopping_patience
-            elif patience_left is not None:
-                patience_left -= 1
+                self.epochs_without_improvement = 0
+            else:
+                self.epochs_without_improvement += 1
             self.history.append({"epoch": float(self.epoch), **metrics})
             try:
                 for callback in self.callbacks:
@@ -258,13 +269,10 @@ class Trainer:
             except StopTraining as stop:
                 stop_reason = str(stop) or "stopped by a callback"
                 break
-            if patience_left is not None and patience_left <= 0:
-                stop_reason = f"early stopping: no improvement of val_{config.metric} for {config.early_stopping_patience} epochs"
-                log.info("%s", stop_reason)
-                break
+            stop_reason = self._early_stopping_reason()
         if not self.best_state:  # e.g. every value NaN: keep the last weights rather than none
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(self.model).state_dict().items()}
-        result = FitResult(list(self.history), self.best_epoch, self.best_value, self.best_state, stop_reason)
+        result = FitResult(list(self.history), self.best_epoch, self.best_value, self.best_state, stop_reason or "completed")
         for callback in self.callbacks:
             callback.on_fit_end(self, result)
         return result
@@ -314,6 +322,14 @@ class Trainer:
         last = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "; no checkpoint was saved yet"
         return f"the {what} became NaN or infinite at {where}{last}. Lower train.lr, set train.grad_clip, or check the inputs"
 
+    def _early_stopping_reason(self) -> str | None:
+        patience = self.config.early_stopping_patience
+        if patience is None or self.epochs_without_improvement < patience:
+            return None
+        reason = f"early stopping: no improvement of val_{self.config.metric} for {patience} epochs"
+        log.info("%s", reason)
+        return reason
+
     def _better(self, value: float) -> bool:
         if math.isnan(value):
             return False
@@ -349,8 +365,9 @@ class Trainer:
     # -- resumable state -----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed fit needs; tensors and plain containers only (weights_only loads)."""
+        """Everything a resumed fit needs, taken at the end of an epoch; tensors and plain containers only (weights_only loads)."""
         return {
+            "format": STATE_FORMAT,
             "model": _unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
@@ -359,11 +376,16 @@ class Trainer:
             "global_step": self.global_step,
             "history": copy.deepcopy(self.history),
             "best": {"value": self.best_value, "epoch": self.best_epoch, "state": self.best_state},
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "early_stopping": {"epochs_without_improvement": self.epochs_without_improvement},
+            "rng": rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise CheckpointError(
+                f"this checkpoint was written by another trainwise version (state format {state.get('format', 1)}, "
+                f"this one reads {STATE_FORMAT}) and lacks state an exact resume needs; train again without --resume"
+            )
         _unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"]:
@@ -373,9 +395,34 @@ class Trainer:
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.history = list(state["history"])
         self.best_value, self.best_epoch, self.best_state = state["best"]["value"], state["best"]["epoch"], state["best"]["state"]
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epochs_without_improvement = int(state["early_stopping"]["epochs_without_improvement"])
+        set_rng_state(state["rng"])
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG an epoch may draw from, as tensors and plain values (numpy's and python's tuples hold no tensors).
+
+    torch's drives dropout and the v2 augmentations; numpy's and python's are kept because a user's
+    model or transform may draw from them.
+    """
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, words, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": position, "has_gauss": has_gauss, "cached_gaussian": cached_gaussian},
+        "python": {"version": version, "words": list(words), "gauss_next": gauss_next},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["words"]), python["gauss_next"]))
 
 
 def make_optimizer(model: nn.Module, config: EngineConfig) -> torch.optim.Optimizer:
