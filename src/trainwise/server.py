@@ -14,6 +14,7 @@ Defaults are tuned for small machines, measured:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,6 +84,7 @@ class LocalServer:
         self.enable_job_execution = enable_job_execution
         self.dir = self.home / "mlflow"
         self.pid_file = self.dir / "server.json"
+        self.lock_file = self.dir / "server.lock"
         self.log_file = self.dir / "server.log"
         self.db_file = self.dir / "mlflow.db"
         self.artifacts_dir = self.dir / "artifacts"
@@ -125,7 +128,18 @@ class LocalServer:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self, timeout: float = 90.0) -> ServerStatus:
-        """Start the server, or report the one already running; waits until /health answers."""
+        """Start the server, or report the one already running; waits until /health answers.
+
+        Holds the home's start lock throughout: two starts at once (two terminals, two steps that
+        both found no server) would otherwise both see a free port and no pid file, both spawn, and
+        the loser's pid file would overwrite the winner's. The second start waits, then finds the
+        first one's server.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.lock_file):
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> ServerStatus:
         state = self._live_state()
         if state is not None:
             if not wait_healthy(state.url, timeout):
@@ -137,7 +151,6 @@ class LocalServer:
             return self.status()
 
         _require_free_port(self.host, self.port)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         backend = f"sqlite:///{self.db_file}"
         command = [
@@ -153,6 +166,8 @@ class LocalServer:
         with self.log_file.open("ab") as log_stream:
             # start_new_session: its own process group, so stop() reaches uvicorn's workers too,
             # and a Ctrl-C in the user's terminal does not take the server down with the step.
+            # Popen's default close_fds keeps the lock file's descriptor out of the server, so the
+            # lock ends with this start, not with the server.
             process = subprocess.Popen(
                 command, stdout=log_stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, cwd=self.dir, start_new_session=True,
@@ -305,6 +320,22 @@ def _group_has_live_members(pgid: int) -> bool:
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` for the block, across processes.
+
+    The kernel releases it when the holder exits, even on SIGKILL, so a crashed start leaves no
+    stale lock behind (which a lock made of a created file would).
+    """
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is starting the tracking server (%s is locked); waiting for it", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -270,11 +270,13 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def log_model(run_id: str, *, model: nn.Module, spec: Mapping[str, Any], input_example: pd.DataFrame, name: str = "model") -> str:
-    """Log `model` with its spec as a pyfunc model of run `run_id`; returns its URI, `models:/<model_id>`.
+def log_model(
+    run_id: str, *, tracking_uri: str, model: nn.Module, spec: Mapping[str, Any], input_example: pd.DataFrame, name: str = "model"
+) -> str:
+    """Log `model` with its spec as a pyfunc model of run `run_id` on `tracking_uri`; returns its URI, `models:/<model_id>`.
 
     The same model is also reachable as `runs:/<run_id>/<name>`, and shows in the run's experiment
-    (Models tab) with the run's params. The tracking server is the one `tracking.connect` set.
+    (Models tab) with the run's params.
 
     Before anything is logged, the network is rebuilt from the spec and the saved weights (as
     `load_model` will do) and predicts on `input_example`; that output and the example make the
@@ -283,9 +285,11 @@ def log_model(run_id: str, *, model: nn.Module, spec: Mapping[str, Any], input_e
     nothing on another machine); table rows keep only the model's feature columns, numbers as
     floats, so the signature accepts missing values and does not ask for the target.
     """
+    from trainwise.tracking.runs import use_tracking_uri  # here, not above: a served model never needs the tracking code
+
     spec = check_spec({**spec, "trainwise_version": spec.get("trainwise_version", trainwise.__version__)})
     example = portable_example(spec, input_example)
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     with tempfile.TemporaryDirectory(prefix="trainwise-model-") as tmp:
         weights, spec_file, entry = Path(tmp) / "model.safetensors", Path(tmp) / "spec.json", Path(tmp) / ENTRY_FILE
@@ -300,23 +304,25 @@ def log_model(run_id: str, *, model: nn.Module, spec: Mapping[str, Any], input_e
         logged = client.create_logged_model(
             run.info.experiment_id, name=name, source_run_id=run_id, params=dict(run.data.params) or None
         )
-        # Model.log marks the logged model READY, or FAILED if it raises.
-        mlflow.models.Model.log(
-            artifact_path=None,  # deprecated in MLflow 3 in favour of `name`, but still a required argument
-            name=name,
-            flavor=mlflow.pyfunc,
-            run_id=run_id,  # explicit: the fluent API's start_run would end (or replace) our run
-            model_id=logged.model_id,
-            # Models from code: MLflow stores this file and runs it at load time, so nothing is
-            # pickled (a PythonModel instance would be cloudpickled, and MLflow warns about that).
-            python_model=str(entry),
-            artifacts={WEIGHTS_ARTIFACT: str(weights), SPEC_ARTIFACT: str(spec_file), **artifacts},
-            signature=_signature(example, output),
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            # The package directory, copied as code/trainwise and put first on sys.path at load time.
-            code_paths=[str(Path(trainwise.__file__).parent), *code_paths],
-        )
+        # Model.log marks the logged model READY, or FAILED if it raises. It takes no tracking URI
+        # or client (MLflow 3.17) and logs to the global one, so that is pinned to ours meanwhile.
+        with use_tracking_uri(tracking_uri):
+            mlflow.models.Model.log(
+                artifact_path=None,  # deprecated in MLflow 3 in favour of `name`, but still a required argument
+                name=name,
+                flavor=mlflow.pyfunc,
+                run_id=run_id,  # explicit: the fluent API's start_run would end (or replace) our run
+                model_id=logged.model_id,
+                # Models from code: MLflow stores this file and runs it at load time, so nothing is
+                # pickled (a PythonModel instance would be cloudpickled, and MLflow warns about that).
+                python_model=str(entry),
+                artifacts={WEIGHTS_ARTIFACT: str(weights), SPEC_ARTIFACT: str(spec_file), **artifacts},
+                signature=_signature(example, output),
+                input_example=example,
+                pip_requirements=pip_requirements(),
+                # The package directory, copied as code/trainwise and put first on sys.path at load time.
+                code_paths=[str(Path(trainwise.__file__).parent), *code_paths],
+            )
     return f"models:/{logged.model_id}"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from tests.conftest import free_port
 from trainwise.errors import ServerError
-from trainwise.server import LocalServer, _group_alive, ensure_tracking_uri, health
+from trainwise.server import LocalServer, _group_alive, _kill_group, ensure_tracking_uri, health
 
 pytestmark = pytest.mark.slow
 
@@ -151,6 +152,63 @@ def test_cli_server_commands(tmp_path: Path) -> None:
     finally:
         stopped = trainwise("stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
+
+
+def test_two_starts_at_once_end_with_one_server(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "TRAINWISE_HOME": str(home), "TRAINWISE_PORT": str(free_port())}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    # `python -m trainwise server start`, but each process finishes its imports and then waits for a
+    # line on stdin, so the two are released together instead of one arriving seconds after the
+    # other's server is up. The port check is made a second slower, as on a loaded machine, so
+    # that the window between it and the pid file (a few ms otherwise) is hit every time.
+    gated = (
+        "import runpy, sys, time, trainwise.cli, trainwise.server as s; check = s._require_free_port; "
+        "s._require_free_port = lambda *a: (time.sleep(1.0), check(*a))[1]; sys.stdin.readline(); "
+        "sys.argv = ['trainwise', 'server', 'start']; runpy.run_module('trainwise', run_name='__main__')"
+    )
+    starts = [
+        subprocess.Popen([sys.executable, "-c", gated], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        for start in starts:
+            assert start.stdin is not None
+            start.stdin.write("go\n")
+            start.stdin.flush()
+        outputs = [start.communicate(timeout=180) for start in starts]
+        assert [start.returncode for start in starts] == [0, 0], [err[-2000:] for _, err in outputs]
+        url = f"http://127.0.0.1:{env['TRAINWISE_PORT']}"
+        reported = [out.split("(pid ")[1].split(";")[0] for out, _ in outputs]
+        assert all(url in out for out, _ in outputs)
+        servers = _mlflow_servers_of(home)
+        assert len(servers) == 1, servers
+        assert reported == [str(servers[0])] * 2
+        assert LocalServer(home).status().pid == servers[0]
+    finally:
+        for start in starts:
+            if start.poll() is None:
+                start.kill()
+                start.communicate()
+        LocalServer(home).stop()
+        for pid in _mlflow_servers_of(home):  # what a lost race left running without a pid file
+            _kill_group(pid, signal.SIGKILL)
+    assert not _mlflow_servers_of(home)
+
+
+def _mlflow_servers_of(home: Path) -> list[int]:
+    """The `mlflow server` processes whose backend store lies under `home`."""
+    store = f"sqlite:///{home.resolve()}/".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _alive(int(entry.name)):
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"mlflow" in b" ".join(cmdline) and b"server" in cmdline and any(arg.startswith(store) for arg in cmdline):
+                pids.append(int(entry.name))
+    return sorted(pids)
 
 
 def _pgid(pid: int) -> int | None:

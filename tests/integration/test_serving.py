@@ -79,7 +79,7 @@ def image_model(tracking_server: str, tmp_path_factory: pytest.TempPathFactory) 
     tracker = Tracker(f"serving-images-{os.getpid()}", tracking_server)
     with tracker.run("train") as run:
         run.log_params({"model.name": "simple_cnn"})
-        uri = log_model(run.run_id, model=network, spec=IMAGE_SPEC, input_example=pd.DataFrame({"image": paths[:1]}))
+        uri = log_model(run.run_id, tracking_uri=run.tracking_uri, model=network, spec=IMAGE_SPEC, input_example=pd.DataFrame({"image": paths[:1]}))
     return LoggedImageModel(uri, run.run_id, tracker.experiment_id, network, pixels, paths)
 
 
@@ -206,7 +206,7 @@ def test_a_users_own_model_file_travels_with_the_model(tracking_server: str, uni
     Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(image)
     tracker = Tracker(unique_name, tracking_server)
     with tracker.run("train") as run:
-        uri = log_model(run.run_id, model=network, spec=spec, input_example=pd.DataFrame({"image": [str(image)]}))
+        uri = log_model(run.run_id, tracking_uri=run.tracking_uri, model=network, spec=spec, input_example=pd.DataFrame({"image": [str(image)]}))
     expected = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": [str(image)]}))
     source.unlink()  # the model must not need the original file
     script = "import sys, mlflow, pandas as pd; m = mlflow.pyfunc.load_model(sys.argv[1]); print(m.predict(pd.DataFrame({'image': [sys.argv[2]]}))['index'][0])"
@@ -264,7 +264,7 @@ def test_a_table_classifier_predicts_raw_rows_as_the_network_does(tracking_serve
     torch.manual_seed(1)
     network = create_model("mlp", input_shape=tuple(spec["input_shape"]), num_outputs=3, params=spec["params"]).eval()
     with Tracker(unique_name, tracking_server).run("train") as run:
-        uri = log_model(run.run_id, model=network, spec=spec, input_example=table.head(3))
+        uri = log_model(run.run_id, tracking_uri=run.tracking_uri, model=network, spec=spec, input_example=table.head(3))
     model = mlflow.pyfunc.load_model(uri)
     assert [c.name for c in model.metadata.get_input_schema().inputs] == ["size", "weight", "colour"]  # no target, no id
     rows = _new_rows()
@@ -287,7 +287,7 @@ def test_a_regression_prediction_is_in_the_targets_units(tracking_server: str, u
             parameter.zero_()
         network.head.bias.fill_(0.5)
     with Tracker(unique_name, tracking_server).run("train") as run:
-        uri = log_model(run.run_id, model=network, spec=spec, input_example=table.head(2))
+        uri = log_model(run.run_id, tracking_uri=run.tracking_uri, model=network, spec=spec, input_example=table.head(2))
     out = mlflow.pyfunc.load_model(uri).predict(_new_rows())
     assert list(out.columns) == ["prediction"]
     np.testing.assert_allclose(out["prediction"], 10.0 + 0.5 * 4.0)

@@ -203,3 +203,42 @@ def test_the_lr_range_test_needs_a_valley() -> None:
 )
 def test_loss_shape_diagnosis(losses: list[float], shape: str) -> None:
     assert shape in diagnose(losses)
+
+
+def class_sorted_data() -> PreparedData:
+    """digits with the training split sorted by class, the way prepare's split manifests come."""
+    data = digits_data()
+    train = data.splits["train"]
+    order = torch.argsort(train.y, stable=True)
+    return replace(data, splits={**data.splits, "train": TensorData(train.x[order], train.y[order])})
+
+
+def test_the_check_batch_mixes_every_class_of_a_class_sorted_split() -> None:
+    sorted_setup = setup(data=class_sorted_data())
+    assert sorted_setup.train.y[:16].unique().numel() <= 2  # the split's own first rows: one or two classes
+
+    _, y = sorted_setup.batch(16)  # the overfit check's batch size
+    assert set(y.tolist()) == set(range(10))
+    _, first_ten = sorted_setup.batch(10)
+    assert sorted(first_ten.tolist()) == list(range(10))  # as many rows as classes: one of each
+    _, y4 = sorted_setup.batch(4)
+    assert torch.equal(y4, y[:4]) and len(set(y4.tolist())) == 4  # smaller batches lie inside larger ones
+
+
+def test_the_check_batch_is_fixed_by_the_seed() -> None:
+    data = class_sorted_data()
+    _, a = setup(data=data, seed=3).batch(32)
+    _, again = setup(data=data, seed=3).batch(32)
+    _, other = setup(data=data, seed=4).batch(32)
+    assert torch.equal(a, again)
+    assert not torch.equal(a, other)
+    shares = torch.bincount(a, minlength=10)
+    assert shares.min() >= 2 and shares.max() <= 5  # proportional beyond the first round (30 of each class here)
+
+
+def test_the_check_batch_of_a_regression_split_spans_the_targets() -> None:
+    data = class_sorted_data()
+    targets = torch.linspace(-2.0, 2.0, len(data.splits["train"]))  # sorted, like the classes above
+    regression = replace(data, task="regression", classes=[], splits={**data.splits, "train": TensorData(data.splits["train"].x, targets)})
+    _, y = setup(data=regression).batch(10)
+    assert float(y.min()) < -1.0 and float(y.max()) > 1.0

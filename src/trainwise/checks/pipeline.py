@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -19,6 +21,7 @@ from trainwise import plots
 from trainwise.checks import CheckResult
 from trainwise.config import ChecksConfig
 from trainwise.data.loading import PreparedData, Transform
+from trainwise.data.sampling import strata
 from trainwise.engine import EngineConfig, FitResult, TensorData, Trainer, make_optimizer
 from trainwise.metrics import CLASSIFICATION
 
@@ -47,15 +50,44 @@ class CheckSetup:
     def val(self) -> TensorData:
         return self.data.splits.get("val", self.train)
 
+    @cached_property
+    def order(self) -> torch.Tensor:
+        """The training split's indices in a seeded, class-mixed order (see `stratified_order`).
+
+        The split itself is sorted by class: its first rows would be a batch of one or two classes.
+        """
+        y = self.train.y.numpy()
+        groups = y if self.classification else strata(pd.Series(y), classification=False).to_numpy()
+        return torch.from_numpy(stratified_order(groups, seed=self.engine.seed))
+
     def batch(self, size: int, *, transform: Transform | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `size` items of `order`: the same items on every call, and any smaller batch lies inside a larger one."""
+        index = self.order[:size]
         data = self.train
-        x = (transform or self.eval_transform)(data.x[:size])
-        return x, data.y[:size]
+        return (transform or self.eval_transform)(data.x[index]), data.y[index]
 
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.classification:
             return nn.functional.cross_entropy(outputs.float(), y)
         return nn.functional.mse_loss(outputs.float().reshape(-1), y)
+
+
+def stratified_order(groups: np.ndarray, *, seed: int) -> np.ndarray:
+    """Every index of `groups` once, shuffled so that any prefix is a stratified draw.
+
+    First one item of each group, in random order, so a prefix at least as long as the number of
+    groups holds every group; then the rest interleaved in proportion to the groups' sizes
+    (the j-th of a group of m sits at (j + u) / m, u a random offset per group).
+    """
+    rng = np.random.default_rng(seed)
+    rounds = np.ones(len(groups), dtype=np.int64)
+    position = np.empty(len(groups))
+    for value in np.unique(groups):
+        members = rng.permutation(np.flatnonzero(groups == value))
+        position[members] = (np.arange(len(members)) + rng.random()) / len(members)
+        rounds[members[0]] = 0
+    position[rounds == 0] = rng.random(int((rounds == 0).sum()))
+    return np.lexsort((position, rounds))
 
 
 def run_pipeline_checks(setup: CheckSetup) -> list[CheckResult]:
