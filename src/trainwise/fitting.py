@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from trainwise.callbacks import FreezeBackbone
 from trainwise.config import ProjectConfig
-from trainwise.data.loading import PreparedData
-from trainwise.engine import EngineConfig
+from trainwise.data.loading import PreparedData, image_transforms
+from trainwise.engine import Callback, EngineConfig, Trainer
 from trainwise.metrics import CLASSIFICATION
 
 
@@ -53,3 +55,32 @@ def engine_config(cfg: ProjectConfig, data: PreparedData, *, epochs: int | None 
         direction=cfg.task.direction,
         target_scale=data.target_scale,
     )
+
+
+def make_trainer(
+    cfg: ProjectConfig, data: PreparedData, *, init_weights: Path | None, callbacks: list[Callback], epochs: int | None = None
+) -> Trainer:
+    """The trainer check, train and tune all use: model, engine settings, batch transforms, callbacks."""
+    train_transform, eval_transform = image_transforms(cfg, data) if data.is_image else (None, None)
+    if cfg.model.freeze_backbone_epochs:
+        callbacks = [*callbacks, FreezeBackbone(cfg.model.freeze_backbone_epochs)]
+    return Trainer(
+        build_model(cfg, data, init_weights=init_weights),
+        engine_config(cfg, data, epochs=epochs),
+        train_transform=train_transform,
+        eval_transform=eval_transform,
+        callbacks=callbacks,
+    )
+
+
+def model_spec(cfg: ProjectConfig, data: PreparedData) -> dict[str, Any]:
+    """What serving needs to rebuild the network and repeat the preprocessing on raw inputs."""
+    return {
+        "model": cfg.model.name,
+        "input_shape": list(data.input_shape),
+        "num_outputs": data.num_outputs,
+        "params": dict(cfg.model.params),
+        "task": data.task,
+        "classes": data.classes,
+        "preprocessing": data.preprocessing,
+    }

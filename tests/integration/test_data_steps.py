@@ -16,6 +16,7 @@ from mlflow.entities import Run
 from PIL import Image
 
 from tests.helpers import invoke, step_runs
+from trainwise.data.cache import cache_folder
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = str(REPO / "projects" / "digits")
@@ -78,7 +79,8 @@ def test_digits_ingest_sample_prepare(tracking_server: str, unique_name: str, tm
     norm = json.loads(artifact(tracking_server, prepare, "normalization.json", tmp_path).read_text())
     assert 0.2 < norm["full"]["mean"][0] < 0.4 and norm["full"]["items"] == (full["split"] == "train").sum()
     cache = json.loads(artifact(tracking_server, prepare, "cache.json", tmp_path).read_text())
-    images = np.load(Path(cache["folder"]) / "images.npy", mmap_mode="r")
+    assert "folder" not in cache  # a key, found or rebuilt on each machine: no path of this one
+    images = np.load(cache_folder(cache["key"]) / "images.npy", mmap_mode="r")
     assert images.shape == (1797, 8, 8, 1) and images.dtype == np.uint8
     assert_png(artifact(tracking_server, prepare, "augmentation_preview.png", tmp_path))
 
@@ -169,7 +171,8 @@ def test_duplicates_never_straddle_splits_unless_grouping_is_off(tracking_server
 
 
 def _leaks(project: Path, seed: int, server: str, name: str) -> dict[str, float]:
-    invoke("prepare", "--project", str(project), "--set", f"split.group_duplicates=false split.seed={seed}")
+    for step in ("sample", "prepare"):  # the sample is drawn from the full training split: it follows the split
+        invoke(step, "--project", str(project), "--set", f"split.group_duplicates=false split.seed={seed}")
     return latest_run(server, name, "prepare").data.metrics
 
 

@@ -123,3 +123,38 @@ def test_promote_compares_on_the_holdout_moves_the_champion_and_rolls_back(
     assert outputs["challenger_accuracy"] > outputs["champion_accuracy"]
     assert aliases() == {CHAMPION: v1, CHALLENGER: v3, PREVIOUS_CHAMPION: v2}
     assert run.data.tags["trainwise.promotion"] == "kept"
+
+
+def test_a_champion_trained_on_todays_holdout_is_not_compared_as_if_fair(tracking_server: str, unique_name: str) -> None:
+    """After split.seed changes, the champion's training items sit in the new holdout: promote scores
+    both models on the holdout items neither was trained or selected on, and says so (issue 8, item 3)."""
+    settings = f"name={unique_name} registry.model_name={unique_name} checks.learning_curve_fractions=[] train.epochs=3"
+    tracker = Tracker(unique_name, tracking_server)
+    registry = Registry(tracking_server)
+    versions, prepares = [], []
+    for seed in (0, 1):
+        args = ("--project", DIGITS, "--set", f"{settings} split.seed={seed}", "--dry-run")
+        for step in ("ingest", "sample", "prepare", "train"):
+            invoke(step, *args, *(("--skip-checks",) if step == "train" else ()))
+        prepare, train = tracker.latest("prepare", status="FINISHED"), tracker.latest("train", status="FINISHED")
+        tags = {
+            "trainwise.source_run": train.info.run_id,
+            "trainwise.checks_passed": "true",
+            "trainwise.prepare_run": prepare.info.run_id,
+            "trainwise.split_digest": prepare.data.tags["trainwise.split_digest"],
+        }
+        versions.append(registry.register(train.data.tags["trainwise.model_uri"], unique_name, tags=tags).version)
+        prepares.append(prepare)
+    assert prepares[0].data.tags["trainwise.split_digest"] != prepares[1].data.tags["trainwise.split_digest"]
+    registry.set_alias(unique_name, CHAMPION, versions[0])
+    registry.set_alias(unique_name, CHALLENGER, versions[1])
+
+    cfg = load_config(DIGITS, [f"{settings} split.seed=1"], dry_run=True)
+    upstream = {"ingest": tracker.latest("ingest", status="FINISHED").info.run_id, "prepare": prepares[1].info.run_id}
+    with tracker.run("promote") as run:
+        outputs = promote.run(cfg, run, StepContext(tracker, upstream, dry_run=True, options={}))
+    finished = tracker.get_run(run.run_id)
+    assert finished.data.tags["trainwise.holdout_contaminated"] == "true"
+    assert f"training or validation data of v{versions[0]}" in outputs["reason"]
+    holdout = (prepares[1].data.metrics["items.full.test"])
+    assert 0 < finished.data.metrics["holdout_items"] < holdout  # only the items neither model saw

@@ -48,6 +48,12 @@ def test_a_small_study_with_child_runs_pruning_plots_and_a_challenger(tracking_s
     assert {"study/optimization_history.png", "study/intermediate_values.png", "study/slice.png"} <= plots
     assert tune.data.metrics["trials_complete"] + tune.data.metrics["trials_pruned"] >= 6
     assert any(k.startswith("best.") for k in tune.data.params)
+    # Trial 0 is the project's own configuration: the study's best can only match or beat it.
+    (baseline,) = (t for t in trials if t.data.tags["trainwise.trial"] == "0")
+    assert baseline.data.params["train.lr"] == "0.003" and baseline.data.params["model.name"] == "simple_cnn"
+    assert "model.params.dropout" not in baseline.data.params  # the project leaves it unset: not sampled either
+    if "best_value" in baseline.data.metrics:
+        assert tune.data.metrics["best_value"] >= baseline.data.metrics["best_value"]
 
     version = Registry(tracking_server).by_alias(f"trainwise-{unique_name}", CHALLENGER)
     assert version is not None
@@ -91,7 +97,8 @@ def the_study(storage: str) -> optuna.Study:
 def test_two_workers_share_one_study_on_postgresql(
     tracking_server: str, unique_name: str, session_home: Path, postgres_storage: str, tmp_path: Path
 ) -> None:
-    settings = f"name={unique_name} tune.epochs=2 tune.trials=6 tune.retrain=false tune.pruner=none"
+    # Retraining on (tune.dataset sample): each worker could register; exactly one version must result.
+    settings = f"name={unique_name} registry.model_name={unique_name} tune.epochs=2 tune.trials=6 tune.pruner=none tune.dataset=sample"
     for step in ("ingest", "sample", "prepare", "check"):
         invoke(step, "--project", DIGITS, "--set", settings, "--dry-run")
     logs = [tmp_path / f"worker{i}.log" for i in range(2)]
@@ -108,6 +115,17 @@ def test_two_workers_share_one_study_on_postgresql(
     assert sorted(int(r.data.tags["trainwise.trial"]) for r in child_runs) == sorted(numbers)  # every trial has its run
     assert len({r.data.tags["trainwise.worker"] for r in child_runs}) == 2  # both workers took trials
     assert len({r.data.tags["mlflow.parentRunId"] for r in child_runs}) == 2  # each under its worker's tune run
+
+    # One finaliser: one registered version for the study, the challenger, from one of the two tune runs.
+    client = MlflowClient(tracking_server)
+    versions = client.search_model_versions(f"name = '{unique_name}'")
+    assert len(versions) == 1, [(v.version, v.tags) for v in versions]
+    (version,) = versions
+    assert version.tags["trainwise.study"] == study.study_name and version.tags["trainwise.best_trial"] == str(study.best_trial.number)
+    assert Registry(tracking_server).by_alias(unique_name, CHALLENGER).version == version.version
+    tunes = step_runs(tracking_server, unique_name, "tune")
+    assert sorted(t.data.tags.get("trainwise.finalised") for t in tunes) == ["false", "true"]
+    assert version.tags["trainwise.tune_run"] in {t.info.run_id for t in tunes if t.data.tags["trainwise.finalised"] == "true"}
 
 
 @pytest.mark.postgres

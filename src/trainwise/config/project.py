@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from trainwise.config.base import Section
 from trainwise.config.sections import (
@@ -80,23 +80,55 @@ class ProjectConfig(Section):
     def dry_run(self) -> bool:
         return self._dry_run
 
-    def section(self, name: str) -> dict[str, Any]:
-        """One section as plain JSON-able data (what cache keys hash)."""
-        value = getattr(self, name)
-        return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    def section(self, name: str) -> Any:
+        """One section as plain JSON-able data with portable paths (what cache keys hash)."""
+        return self.portable_dict()[name]
 
     def to_dict(self) -> dict[str, Any]:
+        """The resolved config with absolute paths (what derived configs are validated from)."""
         return self.model_dump(mode="json")
 
+    def portable_dict(self) -> dict[str, Any]:
+        """The resolved config with every path as `portable_path` writes it: the same on any machine."""
+        return _portable(self.model_dump(mode="python"), self.model_dump(mode="json"), self.project_dir)
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.safe_dump(self.portable_dict(), sort_keys=False)
 
     def config_hash(self) -> str:
-        return short_hash(self.to_dict(), 12)
+        return short_hash(self.portable_dict(), 12)
 
     def flat_params(self) -> dict[str, str]:
         """The resolved config as flat `section.key` params, each a canonical string."""
-        return flatten(self.to_dict())
+        return flatten(self.portable_dict())
+
+
+def portable_path(path: Path, project_dir: Path | None) -> str:
+    """A path as keys and logged configs hold it: relative to the project folder when inside it,
+    `$TRAINWISE_HOME/...` when generated there (the digits folder), else absolute (a system copy)."""
+    from trainwise.paths import HOME_ENV, trainwise_home
+
+    for base, prefix in ((project_dir, ""), (trainwise_home(), f"${HOME_ENV}/")):
+        if base is not None and path.is_relative_to(base):
+            return prefix + (path.relative_to(base).as_posix() or ".")
+    return path.as_posix()
+
+
+def _portable(python: Any, plain: Any, project_dir: Path | None) -> Any:
+    """`plain` (a JSON dump) with each value that is a Path in `python` (the same dump, unconverted) made portable.
+
+    Model references hold paths too (`/abs/model.py:Class`): their file part is made portable as well.
+    """
+    if isinstance(python, Path):
+        return portable_path(python, project_dir)
+    if isinstance(python, dict):
+        return {key: _portable(python[key], plain[key], project_dir) for key in plain}
+    if isinstance(python, list | tuple):
+        return [_portable(a, b, project_dir) for a, b in zip(python, plain, strict=True)]
+    if isinstance(python, str) and python.startswith("/") and (".py:" in python or python.endswith(".safetensors")):
+        location, sep, rest = python.partition(".py:") if ".py:" in python else (python, "", "")
+        return portable_path(Path(location + (".py" if sep else "")), project_dir) + (":" + rest if sep else "")
+    return plain
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 Training reads batches from this memory-mapped (N, H, W, C) array by index, so no epoch decodes a
 file again. The folder is keyed by the data digest and the preparation settings (size, channels),
-built beside its final name and renamed into place, so a half-written cache is never used.
+built beside its final name and renamed into place, so a half-written cache is never used. Steps
+record only its key; each machine finds (or rebuilds) the folder for a key itself.
 """
 
 from __future__ import annotations
@@ -56,12 +57,23 @@ def cache_key(data_digest: str, size: tuple[int, int], channels: int) -> str:
     return short_hash({"layout": _LAYOUT, "digest": data_digest, "size": list(size), "channels": channels}, 20)
 
 
+def cache_folder(key: str) -> Path:
+    """Where this machine keeps the decoded cache with `key` (never a path recorded by another machine)."""
+    return trainwise_home() / "cache" / "decoded" / key
+
+
+def find_cache(key: str) -> DecodedCache | None:
+    """The local decoded cache with `key`, if this machine has built it."""
+    cache = DecodedCache(cache_folder(key), key)
+    return cache if (cache.folder / INFO_FILE).is_file() else None
+
+
 def build_cache(
     items: pd.DataFrame, root: Path, *, data_digest: str, size: tuple[int, int], channels: int, max_pixels: int
 ) -> DecodedCache:
     """Decode `items` (columns id, path relative to `root`, label, split) into the cache, or reuse it."""
     key = cache_key(data_digest, size, channels)
-    folder = trainwise_home() / "cache" / "decoded" / key
+    folder = cache_folder(key)
     if (folder / INFO_FILE).is_file():
         log.info("decoded cache %s already built (%d images)", key, json.loads((folder / INFO_FILE).read_text())["count"])
         return DecodedCache(folder, key)

@@ -20,7 +20,6 @@ import torch
 from trainwise.config import ProjectConfig
 from trainwise.data.cache import DecodedCache
 from trainwise.data.table_prep import TablePreprocessor
-from trainwise.data.tables import with_ids
 from trainwise.data.transforms import augment_batch, build_augmentation, normalize
 from trainwise.engine import TensorData
 from trainwise.metrics import CLASSIFICATION, REGRESSION
@@ -57,9 +56,12 @@ class PreparedData:
 
 
 def load_prepared(
-    cfg: ProjectConfig, scope: str, *, splits_file: Path, preprocessing_file: Path, cache_file: Path | None, table_file: Path | None
+    cfg: ProjectConfig, scope: str, *, splits_file: Path, preprocessing_file: Path, cache: DecodedCache | None, table: pd.DataFrame | None
 ) -> PreparedData:
-    """Read one scope ('full' or 'sample') of prepare's outputs into tensors."""
+    """Read one scope ('full' or 'sample') of prepare's outputs into tensors.
+
+    `table` (tabular projects): every row, training and provided test alike, indexed by its unique id.
+    """
     splits = pd.read_parquet(splits_file)
     preprocessing = json.loads(preprocessing_file.read_text())
     labelled = splits[(splits["scope"] == "full") & splits["label"].notna()]
@@ -68,10 +70,10 @@ def load_prepared(
     part = splits[splits["scope"] == scope]
     scoped = _Scope(scope, part, [s for s in ("train", "val", "test") if (part["split"] == s).any()], classes, task, splits)
     if preprocessing["kind"] == "image":
-        assert cache_file is not None
-        return _images(scoped, preprocessing, cache_file)
-    assert table_file is not None
-    return _table(cfg, scoped, preprocessing, table_file)
+        assert cache is not None
+        return _images(scoped, preprocessing, cache)
+    assert table is not None
+    return _table(cfg, scoped, preprocessing, table)
 
 
 @dataclass
@@ -84,10 +86,8 @@ class _Scope:
     splits: pd.DataFrame  # every row (the unlabelled test items are in scope 'full')
 
 
-def _images(scoped: _Scope, prep: dict, cache_file: Path) -> PreparedData:
+def _images(scoped: _Scope, prep: dict, cache: DecodedCache) -> PreparedData:
     part, names, classes, task, splits = scoped.part, scoped.names, scoped.classes, scoped.task, scoped.splits
-    info = json.loads(cache_file.read_text())
-    cache = DecodedCache(Path(info["folder"]), info["key"])
     images = cache.images()
     position = pd.Series(np.arange(len(cache.index())), index=cache.index()["id"])
     class_index = {name: i for i, name in enumerate(classes)}
@@ -108,13 +108,11 @@ def _images(scoped: _Scope, prep: dict, cache_file: Path) -> PreparedData:
     return PreparedData(task, classes, (prep["channels"], height, width), tensors, ids, preprocessing, submit=submit, submit_ids=submit_rows["id"].tolist())
 
 
-def _table(cfg: ProjectConfig, scoped: _Scope, prep: dict, table_file: Path) -> PreparedData:
+def _table(cfg: ProjectConfig, scoped: _Scope, prep: dict, table: pd.DataFrame) -> PreparedData:
     part, names, classes, task = scoped.part, scoped.names, scoped.classes, scoped.task
     fitted = dict(prep[scoped.name])
     mean, std = fitted.pop("target_mean", 0.0), fitted.pop("target_std", 1.0)
     preprocessor = TablePreprocessor.from_dict(fitted)
-    table = with_ids(pd.read_parquet(table_file), cfg.data.source.id_column if hasattr(cfg.data.source, "id_column") else None)
-    table = table.set_index("id", drop=False)
     target = cfg.task.target
     tensors, ids = {}, {}
     class_index = {name: i for i, name in enumerate(classes)}

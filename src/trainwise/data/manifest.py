@@ -1,8 +1,9 @@
 """The manifest: one row per image with its hashes, size, mode and whether it is usable.
 
 Built by one pass over the files (read once: hash and decode together), in threads because
-Pillow's decoders release the GIL. A per-file cache keyed by path, size and modification time
-makes a repeated ingest of unchanged data read nothing again.
+Pillow's decoders release the GIL. A per-file cache keyed by path, size, mtime, ctime and inode
+(data/content.py: a rewrite that keeps size and mtime still changes ctime) makes a repeated ingest
+of unchanged data read nothing again.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from trainwise.data.content import Stat, file_stat
 from trainwise.data.duplicates import duplicate_groups, exact_groups
 from trainwise.data.images import UNREADABLE, ImageProblem, read_image
 from trainwise.data.records import ImageListing, ImageRecord
@@ -44,8 +46,8 @@ def scan_images(listing: ImageListing, *, channels: int, max_pixels: int, cache_
     stats = [_stat(r.path) for r in listing.records]
     rows: list[dict | None] = [None] * len(listing.records)
     todo = []
-    for i, (record, (size, mtime)) in enumerate(zip(listing.records, stats, strict=True)):
-        hit = cached.get((record.relpath, size, mtime))
+    for i, (record, stat) in enumerate(zip(listing.records, stats, strict=True)):
+        hit = cached.get((record.relpath, *stat))
         if hit is not None:
             rows[i] = {**_identity(record), **hit}
         else:
@@ -106,15 +108,11 @@ def _quarantined(row: dict, record: ImageRecord, reason: str, detail: str) -> di
     return {**row, "bytes": size, "status": QUARANTINED, "reason": reason, "detail": detail}
 
 
-def _stat(path: Path) -> tuple[int, int]:
-    try:
-        stat = path.stat()
-    except OSError:
-        return -1, -1
-    return stat.st_size, stat.st_mtime_ns
+def _stat(path: Path) -> Stat:
+    return file_stat(path) or (-1, -1, -1, -1)
 
 
-def _load_cache(cache_file: Path | None) -> dict[tuple[str, int, int], dict]:
+def _load_cache(cache_file: Path | None) -> dict[tuple[str, int, int, int, int], dict]:
     if cache_file is None or not cache_file.is_file():
         return {}
     try:
@@ -124,15 +122,16 @@ def _load_cache(cache_file: Path | None) -> dict[tuple[str, int, int], dict]:
         return {}
     frame = frame.astype(object).where(frame.notna(), None)
     return {
-        (row["path"], int(row["size"]), int(row["mtime_ns"])): {k: row[k] for k in _SCAN_FIELDS}
+        (row["path"], int(row["size"]), int(row["mtime_ns"]), int(row["ctime_ns"]), int(row["inode"])): {k: row[k] for k in _SCAN_FIELDS}
         for row in frame.to_dict("records")
+        if "ctime_ns" in row  # a cache from before ctime was kept cannot tell a rewrite: rescan
     }
 
 
-def _save_cache(cache_file: Path, records: list[ImageRecord], stats: list[tuple[int, int]], rows: list[dict | None]) -> None:
+def _save_cache(cache_file: Path, records: list[ImageRecord], stats: list[Stat], rows: list[dict | None]) -> None:
     entries = [
-        {"path": r.relpath, "size": size, "mtime_ns": mtime, **{k: row.get(k) for k in _SCAN_FIELDS}}
-        for r, (size, mtime), row in zip(records, stats, rows, strict=True)
+        {"path": r.relpath, "size": size, "mtime_ns": mtime, "ctime_ns": ctime, "inode": inode, **{k: row.get(k) for k in _SCAN_FIELDS}}
+        for r, (size, mtime, ctime, inode), row in zip(records, stats, rows, strict=True)
         if row is not None and size >= 0
     ]
     cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,12 @@
 """Data sources: where a project's data lives, a quick look at it, and a cheap change fingerprint.
 
 `peek` reads only what it must (folder listings, image headers, a table's rows) so step 1 answers
-in seconds; `fingerprint` hashes names, sizes and modification times so a step's cache key changes
-when the data does, without reading file contents (step 2A computes the content digest).
+in seconds; `fingerprint` is the source's content digest (every file's sha256, read once and then
+cached while the file is unchanged), so a step's key changes exactly when the data does.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,9 +24,12 @@ from trainwise.config import (
     TabularSource,
     TorchvisionSource,
 )
+from trainwise.data.content import HashCache, tree_digest
 from trainwise.data.digits import materialize_digits
 from trainwise.data.tables import load_source_table, read_table
 from trainwise.errors import DataError
+from trainwise.paths import trainwise_home
+from trainwise.provenance import short_hash
 
 log = logging.getLogger(__name__)
 
@@ -103,41 +105,32 @@ def peek(cfg: ProjectConfig) -> Peek:
 
 
 def fingerprint(cfg: ProjectConfig) -> str:
-    """A hash of the source's file names, sizes and mtimes (or its identity, for bundled data)."""
+    """The source's content digest: every file's sha256 with its path inside the source (data/content.py).
+
+    Bundled scikit-learn tables are identified by name and scikit-learn's version (their content
+    ships with it).
+    """
     prepare_source(cfg)
     source = cfg.data.source
-    digest = hashlib.sha256(source.kind.encode())
     if isinstance(source, TabularSource) and source.sklearn:
         from sklearn import __version__ as sklearn_version
 
-        digest.update(f"sklearn:{source.sklearn}:{sklearn_version}".encode())
-        return digest.hexdigest()[:16]
-    for path in _source_paths(source):
-        _hash_tree(digest, path)
-    return digest.hexdigest()[:16]
+        return short_hash(f"{source.kind}:sklearn:{source.sklearn}:{sklearn_version}", 32)
+    cache = HashCache(trainwise_home() / "cache" / "hashes" / "files.json")
+    return short_hash([source.kind, tree_digest(_source_paths(source), cache)], 32)
 
 
-def _source_paths(source: Any) -> list[Path]:
+def _source_paths(source: Any) -> list[tuple[str, Path]]:
     if isinstance(source, DigitsSource):
         assert source.root is not None
-        return [source.root]
+        return [("root", source.root)]
     if isinstance(source, ImageFolderSource):
-        return [source.root] + ([source.test] if source.test else [])
+        return [("root", source.root)] + ([("test", source.test)] if source.test else [])
     if isinstance(source, ImageCsvSource):
-        return [source.csv, source.images] + ([source.test_csv] if source.test_csv else [])
+        return [("csv", source.csv), ("images", source.images)] + ([("test_csv", source.test_csv)] if source.test_csv else [])
     if isinstance(source, TorchvisionSource):
-        return [source.root]
-    return [source.path] + ([source.test_path] if source.test_path else [])
-
-
-def _hash_tree(digest: Any, path: Path) -> None:
-    if not path.exists():
-        digest.update(f"absent:{path}".encode())
-        return
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        stat = file.stat()
-        digest.update(f"{file.relative_to(path.parent).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return [("root", source.root)]
+    return [("path", source.path)] + ([("test_path", source.test_path)] if source.test_path else [])
 
 
 # -- image folders ----------------------------------------------------------------------------------

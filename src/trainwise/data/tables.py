@@ -53,13 +53,19 @@ def table_digest(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:32]
 
 
-def with_ids(frame: pd.DataFrame, id_column: str | None) -> pd.DataFrame:
-    """An `id` column of strings: the configured id column, a unique `id` column, or row numbers."""
+def with_ids(frame: pd.DataFrame, id_column: str | None, *, prefix: str = "r") -> pd.DataFrame:
+    """An `id` column of strings: the configured id column, a unique `id` column, or row numbers.
+
+    Row-number ids carry `prefix`: the training table's rows are r0, r1, ... and a provided test
+    table's t0, t1, ..., so the two never share an id (they did, and prepare merged them).
+    """
     frame = frame.copy()
     key = id_column or ("id" if "id" in frame.columns else None)
+    if key is not None and key not in frame.columns:
+        raise DataError(f"no id column {key!r} (columns: {', '.join(map(str, frame.columns))}); set data.source.id_column")
     if key is not None and not frame[key].is_unique:
         raise DataError(f"id column {key!r} repeats values; ids must be unique (set data.source.id_column to a unique column)")
-    ids = frame[key].astype(str) if key else pd.Series([f"r{i}" for i in range(len(frame))], index=frame.index)
+    ids = frame[key].astype(str) if key else pd.Series([f"{prefix}{i}" for i in range(len(frame))], index=frame.index)
     if "id" in frame.columns:
         frame["id"] = ids
     else:

@@ -1,7 +1,8 @@
 """The pipeline's steps, in order. Each step is a module here with `run(cfg, run, ctx)`.
 
-A step's cache key hashes the config sections it reads (`sections`), its upstream steps' keys,
-the source fingerprint when it reads the source itself, and the code version.
+A step's cache key is built by trainwise.identity from named parts: the config sections it reads
+(`sections`), its upstream steps' keys, the source's content digest when it reads the source
+itself, the user's model code and weights, the skipped gate, and the code version.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("understand", "1", "understand the problem", ("name", "task", "data", "image", "submission"), reads_source=True),
     StepSpec("ingest", "2A", "get the data and check its quality", ("data", "task", "image"), reads_source=True),
     StepSpec("explore", "2B", "explore it (plots, data card)", ("task", "image", "sample"), ("ingest",)),
-    StepSpec("sample", "2C", "draw a small stratified sample", ("sample", "checks", "task"), ("ingest",)),
+    StepSpec("sample", "2C", "draw a small stratified sample", ("sample", "split", "checks", "task"), ("ingest",)),
     StepSpec("prepare", "3", "split, normalise, augment, cache", ("split", "augment", "image", "task", "checks"), ("ingest", "sample")),
     StepSpec("check", "4", "pipeline checks on the sample", ("model", "train", "checks", "task"), ("ingest", "sample", "prepare")),
     StepSpec("train", "5", "train on the full data", ("model", "train", "checks", "task", "augment", "image"), ("ingest", "sample", "prepare", "check")),

@@ -19,4 +19,8 @@ REPRESENTATIVENESS = "representativeness.json"  # sample-vs-full checks
 SPLITS = "splits.parquet"  # id -> train/val/test, for the full data and the sample
 NORMALIZATION = "normalization.json"  # per-channel mean/std from the training split
 PREPROCESSING = "preprocessing.json"  # what the served model must do to raw inputs
-CACHE_INFO = "cache.json"  # where the decoded cache is and its digest
+CACHE_INFO = "cache.json"  # the decoded cache's key, size, channels and data digest (found or rebuilt by key)
+
+# tags steps read from each other's runs
+TAG_DIGEST = "trainwise.data_digest"  # ingest: the content digest of the usable data
+TAG_CHECKS = "trainwise.checks"  # sample, prepare, check: "N/M passed"

@@ -18,12 +18,11 @@ from trainwise.checks.pipeline import CheckSetup, run_pipeline_checks
 from trainwise.config import ProjectConfig
 from trainwise.data.loading import image_transforms
 from trainwise.datacard import CardSection, render_html
-from trainwise.errors import ChecksFailedError
 from trainwise.fitting import build_model, engine_config
 from trainwise.steps import artifacts
+from trainwise.steps.artifacts import TAG_CHECKS
 from trainwise.steps.inputs import initial_weights, load_prepared_data
-from trainwise.steps.runner import TAG_PASSED, StepContext
-from trainwise.steps.sample import TAG_CHECKS
+from trainwise.steps.runner import StepContext
 from trainwise.tracking import StepRun
 
 log = logging.getLogger(__name__)
@@ -69,19 +68,6 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         if not result.passed:
             log.warning("check %s failed: %.4g vs %.4g: %s. %s", result.name, result.value, result.threshold, result.meaning, result.advice)
     return {"passed": passed, "checks": summary(results), "failed": [r.name for r in results if not r.passed]}
-
-
-def require_passed_checks(ctx: StepContext) -> None:
-    """Train only after the checks passed for the same data and pipeline config (or when told to skip)."""
-    if ctx.skip_checks:
-        log.warning("--skip-checks: training without a passed check run (recorded as a tag)")
-        return
-    check = ctx.tracker.get_run(ctx.upstream["check"])
-    if check.data.tags.get(TAG_PASSED) != "true":
-        raise ChecksFailedError(
-            f"the pipeline checks for this data and config failed ({check.data.tags.get('trainwise.checks', '?')}); "
-            f"see {ctx.tracker.url_of(check)}. Fix what they report, or train anyway with --skip-checks"
-        )
 
 
 def carried_over(cfg: ProjectConfig, ctx: StepContext) -> list[CheckResult]:

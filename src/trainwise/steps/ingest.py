@@ -21,12 +21,12 @@ from trainwise.errors import DataError
 from trainwise.paths import trainwise_home
 from trainwise.provenance import short_hash
 from trainwise.steps import artifacts
+from trainwise.steps.artifacts import TAG_DIGEST
 from trainwise.steps.runner import StepContext
 from trainwise.tracking import StepRun
 
 log = logging.getLogger(__name__)
 
-TAG_DIGEST = "trainwise.data_digest"
 
 
 def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def run_pipeline(
 ) -> tuple[str, list[StepOutcome]]:
     """Run (or reuse) every built step under one pipeline run; returns its URL and the outcomes."""
     forced = forced_steps(force)
-    keys = cache_keys(cfg)
+    keys = cache_keys(cfg, skip_checks=skip_checks)
     outcomes: list[StepOutcome] = []
     tags = {TAG_CONFIG_HASH: cfg.config_hash(), TAG_DRY_RUN: str(cfg.dry_run).lower()}
     with tracker.run(PIPELINE_STEP, tags=tags, run_name=f"pipeline {cfg.name}") as pipeline:

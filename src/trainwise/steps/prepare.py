@@ -17,19 +17,23 @@ from trainwise import plots
 from trainwise.checks import CheckResult, summary
 from trainwise.config import ProjectConfig
 from trainwise.data.cache import build_cache, channel_stats
+from trainwise.data.manifest import data_digest
 from trainwise.data.records import list_images
 from trainwise.data.sampling import group_split, strata
+from trainwise.data.splitting import duplicate_groups, full_splits
 from trainwise.data.table_prep import TablePreprocessor
 from trainwise.data.transforms import augment_batch, build_augmentation, denormalize, normalize
+from trainwise.errors import DataError
 from trainwise.steps import artifacts
-from trainwise.steps.inputs import IngestedData, load_ingested
+from trainwise.steps.artifacts import TAG_CHECKS
+from trainwise.steps.inputs import IngestedData, cache_items, load_ingested
 from trainwise.steps.runner import StepContext
-from trainwise.steps.sample import TAG_CHECKS
 from trainwise.tracking import StepRun
 
 log = logging.getLogger(__name__)
 
 FULL, SAMPLE = "full", "sample"
+TAG_SPLIT_DIGEST = "trainwise.split_digest"  # which item is in which split of the full data
 PREVIEW_SIZE = 32
 
 
@@ -45,7 +49,8 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     run.log_metrics({f"items.{r.scope}.{r.split}": r.items for r in counts.itertuples()})
     run.log_dict({"checks": [r.to_dict() for r in leaks]}, "leakage.json")
     run.log_metrics({f"check.{r.name}": float(r.passed) for r in leaks} | {f"leaked.{r.name}": r.value for r in leaks})
-    run.set_tags({TAG_CHECKS: summary(leaks)})
+    full = splits[splits["scope"] == FULL]
+    run.set_tags({TAG_CHECKS: summary(leaks), TAG_SPLIT_DIGEST: data_digest(full[["id", "split"]].astype(str).itertuples(index=False))})
     for result in leaks:
         if not result.passed:
             log.warning("%s: %s = %g (allowed %g): %s", cfg.name, result.name, result.value, result.threshold, result.advice)
@@ -56,14 +61,24 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
 
 
 def make_splits(cfg: ProjectConfig, data: IngestedData, sample_ids: set[str]) -> pd.DataFrame:
-    """id, label, split (train/val/test/submit) and scope (full/sample) of every item."""
+    """id, label, split (train/val/test/submit) and scope (full/sample) of every item.
+
+    The sample was drawn from the full training split (see data/splitting.py) and is split again
+    inside it: no item of the full validation or test split is in the sample.
+    """
     pool = data.pool
-    groups = _duplicate_groups(cfg, data) if cfg.split.group_duplicates else pd.Series(range(len(pool)), index=pool.index)
-    kinds = strata(pool[data.label], classification=cfg.task.is_classification)
-    # A provided labelled test set stays the test set; otherwise part of the pool is held out.
-    fractions = {"val": cfg.split.val} if data.test_labelled or not cfg.split.test else {"test": cfg.split.test, "val": cfg.split.val}
-    full = pool[["id", data.label]].assign(split=group_split(kinds, groups, fractions, seed=cfg.split.seed), scope=FULL)
+    classification, is_image = cfg.task.is_classification, cfg.task.is_image
+    assigned = full_splits(pool, data.label, cfg.split, classification=classification, is_image=is_image, test_provided=data.test_labelled)
+    full = pool[["id", data.label]].assign(split=assigned, scope=FULL)
     in_sample = pool["id"].isin(sample_ids)
+    outside = pool.loc[in_sample & (assigned != "train"), "id"]
+    if len(outside):  # the sample run was made from another split: its checks would see held-out items
+        raise DataError(
+            f"{len(outside)} sample items (e.g. {', '.join(map(str, outside[:3]))}) are outside the full data's training split; "
+            f"rerun the sample step (`trainwise sample --project {cfg.project_ref} --force`)"
+        )
+    groups = duplicate_groups(pool, data.label, is_image=is_image, enabled=cfg.split.group_duplicates)
+    kinds = strata(pool[data.label], classification=classification)
     sample = pool.loc[in_sample, ["id", data.label]].assign(
         split=group_split(kinds[in_sample], groups[in_sample], {"val": cfg.split.val}, seed=cfg.split.seed), scope=SAMPLE
     )
@@ -73,25 +88,6 @@ def make_splits(cfg: ProjectConfig, data: IngestedData, sample_ids: set[str]) ->
         label = test[data.label] if data.label in test else pd.Series([None] * len(test), index=test.index)
         parts.append(pd.DataFrame({"id": test["id"], data.label: label, "split": "test" if data.test_labelled else "submit", "scope": FULL}))
     return pd.concat(parts, ignore_index=True).rename(columns={data.label: "label"})
-
-
-def _duplicate_groups(cfg: ProjectConfig, data: IngestedData) -> pd.Series:
-    """A group id per pool item; items of one group land in one split.
-
-    Images: ingest's exact and near duplicate groups. Tables: rows with identical features (the
-    label aside: conflicting labels for the same features are one group too).
-    """
-    pool = data.pool
-    singles = pd.Series(range(len(pool)), index=pool.index)
-    if cfg.task.is_image:
-        if "dup_group" not in pool:
-            return singles
-        # Ungrouped items get negative ids of their own, apart from ingest's group numbers.
-        return pool["dup_group"].astype("Int64").fillna(-1 - singles).astype("int64")
-    features = [c for c in pool.columns if c not in ("id", data.label)]
-    if not features:
-        return singles
-    return pool.groupby(features, dropna=False, sort=False).ngroup().reindex(pool.index)
 
 
 def leakage_checks(cfg: ProjectConfig, data: IngestedData, splits: pd.DataFrame) -> list[CheckResult]:
@@ -132,12 +128,11 @@ def _leak_check(name: str, value: int, allowed: int) -> CheckResult:
 
 
 def _prepare_images(cfg: ProjectConfig, run: StepRun, ctx: StepContext, data: IngestedData, splits: pd.DataFrame) -> dict[str, Any]:
-    items = pd.concat([data.pool, data.test] if data.test is not None else [data.pool], ignore_index=True)
-    items = items.merge(splits[splits["scope"] == FULL][["id", "split"]], on="id", suffixes=("_ingest", ""))
+    items = cache_items(data, splits)
     digest = ctx.tracker.get_run(ctx.upstream["ingest"]).data.tags["trainwise.data_digest"]
     root = list_images(cfg).root
     cache = build_cache(
-        items[["id", "path", "label", "split"]], root, data_digest=digest, size=cfg.image.size,
+        items, root, data_digest=digest, size=cfg.image.size,
         channels=cfg.image.channels, max_pixels=cfg.data.max_image_pixels,
     )  # fmt: skip
     images, index = cache.images(), cache.index()
@@ -148,7 +143,7 @@ def _prepare_images(cfg: ProjectConfig, run: StepRun, ctx: StepContext, data: In
         mean, std = channel_stats(images, position[train_ids].to_numpy())
         stats[scope] = {"mean": mean, "std": std, "items": len(train_ids)}
     run.log_dict(stats, artifacts.NORMALIZATION)
-    run.log_dict({**cache.info(), "folder": str(cache.folder)}, artifacts.CACHE_INFO)
+    run.log_dict(cache.info(), artifacts.CACHE_INFO)  # the key, not this machine's folder: others find or rebuild it
     run.log_dict(
         {"kind": "image", "size": list(cfg.image.size), "channels": cfg.image.channels, "mean": stats[FULL]["mean"], "std": stats[FULL]["std"]},
         artifacts.PREPROCESSING,

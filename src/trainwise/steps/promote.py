@@ -17,7 +17,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -31,14 +31,13 @@ from PIL import Image
 from trainwise import plots, serving
 from trainwise.config import ProjectConfig
 from trainwise.data.records import list_images
-from trainwise.data.tables import with_ids
 from trainwise.evaluation import Predictions, confusion, per_class_table
 from trainwise.metrics import CLASSIFICATION, MetricAccumulator
 from trainwise.paths import trainwise_home
 from trainwise.promotion import FIRST_CHAMPION, PROMOTED, ROLLBACK, Candidate, Decision, PromotionError, decide
 from trainwise.provenance import short_hash
 from trainwise.steps import artifacts
-from trainwise.steps.inputs import load_prepared_data
+from trainwise.steps.inputs import load_prepared_data, table_rows
 from trainwise.steps.runner import StepContext
 from trainwise.tracking import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, ModelVersionInfo, Registry, StepRun
 
@@ -49,6 +48,9 @@ TAG_REASON = "trainwise.promotion_reason"
 TAG_CHECKS_PASSED = "trainwise.checks_passed"  # on model versions, set by tune when it registers one
 TAG_CHECKS = "trainwise.checks"
 TAG_DIGEST = "trainwise.data_digest"
+TAG_PREPARE_RUN = "trainwise.prepare_run"  # on a registered version: the prepare run whose splits it was trained on
+TAG_CONTAMINATED = "trainwise.holdout_contaminated"
+NOT_COMPARABLE = "not_comparable"
 TAG_PROMOTED_BY = "trainwise.promoted_by"  # on a version that became champion: the promote run's id
 TABLE = "comparison.csv"
 FIGURES = "comparison"
@@ -92,6 +94,9 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         )
     champion = registry.by_alias(name, CHAMPION)
     holdout = _holdout(cfg, ctx)
+    holdout, contamination = _clean_holdout(ctx, holdout, [v for v in (challenger, champion) if v is not None])
+    if holdout is None:  # every holdout item was in a model's training data: no fair comparison exists
+        return _not_comparable(cfg, run, name=name, challenger=challenger, champion=champion, overlap=contamination)
     scored = [_score(ctx, holdout, CHALLENGER, challenger)]
     if champion is not None:
         same = champion.version == challenger.version
@@ -105,6 +110,9 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         direction=cfg.task.direction,
         margin=cfg.registry.promotion_margin,
     )
+    if contamination:
+        decision = replace(decision, reason=f"{decision.reason} (compared on the {len(holdout.targets)} holdout items no model was trained or selected on: {_overlap_text(contamination)})")
+        log.warning("%s: %s", name, _overlap_text(contamination))
     _log_comparison(run, holdout, scored)
 
     if decision.promote:
@@ -117,6 +125,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     run.set_tags({
         TAG_PROMOTION: decision.outcome,
         TAG_REASON: decision.reason[:5000],
+        TAG_CONTAMINATED: str(bool(contamination)).lower(),
         "trainwise.model_name": name,
         "trainwise.challenger_version": challenger.version,
         "trainwise.champion_version": champion.version if champion else "",
@@ -132,6 +141,47 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         "challenger": challenger.version,
         **{f"{s.role}_{metric}": s.metrics[metric] for s in scored},
     }
+
+
+def _clean_holdout(ctx: StepContext, holdout: Holdout, versions: list[ModelVersionInfo]) -> tuple[Holdout | None, dict[str, int]]:
+    """The holdout less the items a version was trained or selected on (when its splits were other ones).
+
+    A version records the prepare run whose splits it was trained on (TAG_PREPARE_RUN). After, say,
+    split.seed changed, an older champion's training items sit in today's holdout: its figures there
+    are inflated. Both models are then scored on the items neither saw; none left: None.
+    """
+    seen: set[str] = set()
+    overlap: dict[str, int] = {}
+    for version in versions:
+        prepare_run = version.tags.get(TAG_PREPARE_RUN)
+        if not prepare_run or prepare_run == ctx.upstream["prepare"]:
+            continue  # today's splits (or unknown: the report says the data it came from)
+        splits = pd.read_parquet(ctx.tracker.download_artifact(prepare_run, artifacts.SPLITS, trainwise_home() / "artifacts" / prepare_run))
+        used = set(splits.loc[(splits["scope"] == "full") & splits["split"].isin(["train", "val"]), "id"].astype(str))
+        count = int(holdout.inputs.index.isin(used).sum())
+        if count:
+            overlap[f"v{version.version}"] = count
+            seen |= used
+    if not overlap:
+        return holdout, {}
+    keep = ~holdout.inputs.index.isin(seen)
+    if not keep.any():
+        return None, overlap
+    return replace(holdout, inputs=holdout.inputs[keep], targets=holdout.targets[torch.from_numpy(keep)]), overlap
+
+
+def _overlap_text(overlap: dict[str, int]) -> str:
+    return "; ".join(f"{count} holdout items were in the training or validation data of {who}" for who, count in overlap.items())
+
+
+def _not_comparable(
+    cfg: ProjectConfig, run: StepRun, *, name: str, challenger: ModelVersionInfo, champion: ModelVersionInfo | None, overlap: dict[str, int]
+) -> dict[str, Any]:
+    reason = f"no fair comparison: {_overlap_text(overlap)}, which leaves no clean holdout item; the aliases stay. Retrain on today's splits (`trainwise train --project {cfg.project_ref}`)"
+    log.warning("%s: %s", name, reason)
+    run.set_tags({TAG_PROMOTION: NOT_COMPARABLE, TAG_REASON: reason[:5000], TAG_CONTAMINATED: "true", "trainwise.model_name": name})
+    run.set_description(f"# {cfg.name}: promote\n\n**Not compared.** {reason}")
+    return {"decision": NOT_COMPARABLE, "reason": reason, "champion": champion.version if champion else None, "challenger": challenger.version}
 
 
 def _candidate(scored: Scored, metric: str) -> Candidate:
@@ -205,8 +255,7 @@ def _raw_inputs(cfg: ProjectConfig, ctx: StepContext, ids: list[str]) -> pd.Data
         manifest = pd.read_parquet(ctx.upstream_artifact("ingest", artifacts.MANIFEST)).set_index("id")
         root = list_images(cfg).root
         return pd.DataFrame({serving.IMAGE_COLUMN: [str(root / p) for p in manifest.loc[ids, "path"]]}, index=pd.Index(ids, name="id"))
-    table = with_ids(pd.read_parquet(ctx.upstream_artifact("ingest", artifacts.TABLE)), getattr(cfg.data.source, "id_column", None))
-    return table.set_index("id").loc[ids].drop(columns=[cfg.task.target])
+    return table_rows(cfg, ctx).loc[ids].drop(columns=["id", cfg.task.target], errors="ignore")
 
 
 def _score(ctx: StepContext, holdout: Holdout, role: str, version: ModelVersionInfo) -> Scored:

@@ -1,7 +1,7 @@
 """Runs one step: cache lookup, the MLflow run around it, provenance, and its upstream runs.
 
-A FINISHED run with the same cache key is reused instead of rerun (`force` reruns). Keys are
-computed from the config alone (plus a cheap source fingerprint), so they are known before any run.
+A FINISHED run with the same cache key is reused instead of rerun (`force` reruns). Keys are built
+by trainwise.identity from named parts, each logged as a tag, so they are known before any run.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any, Literal
 from trainwise.config import ProjectConfig
 from trainwise.data.sources import fingerprint
 from trainwise.errors import TrackingError
+from trainwise.identity import key_of, key_parts, part_tags
 from trainwise.paths import trainwise_home
-from trainwise.provenance import code_version, short_hash
+from trainwise.provenance import short_hash
 from trainwise.steps import STEPS, get_step
 from trainwise.tracking import (
     JOIN_RUN_ENV,
@@ -71,25 +72,29 @@ class StepOutcome:
     passed: bool | None = None  # gating steps only
 
 
-def cache_keys(cfg: ProjectConfig) -> dict[str, str]:
-    """Every step's cache key, upstream first; the source is fingerprinted once."""
+def cache_parts(cfg: ProjectConfig, *, skip_checks: bool = False) -> dict[str, dict[str, Any]]:
+    """Every step's identity parts (trainwise.identity), upstream first; the source is fingerprinted once."""
     source_print = None
     keys: dict[str, str] = {}
+    parts: dict[str, dict[str, Any]] = {}
     for spec in STEPS:
         if spec.reads_source and source_print is None:
             source_print = fingerprint(cfg)
-        keys[spec.name] = short_hash(
-            {
-                "step": spec.name,
-                "sections": {name: cfg.section(name) for name in spec.sections},
-                "upstream": {name: keys[name] for name in spec.upstream},
-                "source": source_print if spec.reads_source else None,
-                "code": code_version(),
-                "dry_run": cfg.dry_run,
-            },
-            20,
+        parts[spec.name] = key_parts(
+            spec.name,
+            spec.sections,
+            {name: keys[name] for name in spec.upstream},
+            cfg,
+            source=source_print if spec.reads_source else None,
+            skip_checks=skip_checks,
         )
-    return keys
+        keys[spec.name] = key_of(parts[spec.name])
+    return parts
+
+
+def cache_keys(cfg: ProjectConfig, *, skip_checks: bool = False) -> dict[str, str]:
+    """Every step's cache key, upstream first."""
+    return {name: key_of(parts) for name, parts in cache_parts(cfg, skip_checks=skip_checks).items()}
 
 
 def execute(
@@ -107,7 +112,12 @@ def execute(
     """Run `step` (or reuse its cached run) and return where its results are."""
     spec = get_step(step)
     module = spec.load()
-    keys = keys or cache_keys(cfg)
+    if keys is None:
+        every = cache_parts(cfg, skip_checks=skip_checks)
+        parts, keys = every[step], {name: key_of(p) for name, p in every.items()}
+    else:  # the pipeline's keys: only this step's own parts are needed (the source is hashed once)
+        source = fingerprint(cfg) if spec.reads_source else None
+        parts = key_parts(step, spec.sections, {n: keys[n] for n in spec.upstream}, cfg, source=source, skip_checks=skip_checks)
     options = dict(options or {})
     key = run_key(step, cfg, tracker, keys, options)
 
@@ -137,6 +147,7 @@ def execute(
         TAG_CONFIG_HASH: cfg.config_hash(),
         TAG_DRY_RUN: str(cfg.dry_run).lower(),
         **{TAG_UPSTREAM + name: run_id for name, run_id in upstream.items()},
+        **part_tags(parts),
     }
     if skip_checks:
         tags[TAG_SKIP_CHECKS] = "true"

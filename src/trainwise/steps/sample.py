@@ -14,19 +14,26 @@ from trainwise.checks.representativeness import representativeness
 from trainwise.config import ProjectConfig
 from trainwise.data.manifest import data_digest
 from trainwise.data.sampling import strata, stratified_sample
+from trainwise.data.splitting import full_splits
 from trainwise.steps import artifacts
+from trainwise.steps.artifacts import TAG_CHECKS
 from trainwise.steps.inputs import load_ingested
 from trainwise.steps.runner import StepContext
 from trainwise.tracking import StepRun
 
 log = logging.getLogger(__name__)
 
-TAG_CHECKS = "trainwise.checks"
 
 
 def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     data = load_ingested(cfg, ctx)
-    pool = data.pool
+    # Drawn from the full data's training split only: validation and test items never reach the
+    # checks, nor a study tuned on the sample.
+    assigned = full_splits(
+        data.pool, data.label, cfg.split, classification=cfg.task.is_classification, is_image=cfg.task.is_image,
+        test_provided=data.test_labelled,
+    )  # fmt: skip
+    pool = data.pool[assigned == "train"]
     groups = strata(pool[data.label], classification=cfg.task.is_classification)
     chosen, notes = stratified_sample(groups, size=cfg.sample.size, fraction=cfg.sample.fraction, seed=cfg.sample.seed)
     sample = pool.loc[chosen]
@@ -49,7 +56,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     run.log_dataset(
         name=f"{cfg.name}-sample",
         digest=data_digest((str(i), str(label)) for i, label in zip(sample["id"], sample[data.label], strict=True)),
-        source=f"sample of {len(pool)} items, seed {cfg.sample.seed}",
+        source=f"sample of the {len(pool)} items of the full training split, seed {cfg.sample.seed}",
         context="sample",
         profile={"items": len(sample)},
     )

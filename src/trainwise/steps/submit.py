@@ -18,14 +18,14 @@ from typing import Any
 import pandas as pd
 
 from trainwise import plots
-from trainwise.config import DigitsSource, ProjectConfig, TabularSource
+from trainwise.config import DigitsSource, ProjectConfig
 from trainwise.data.manifest import OK
 from trainwise.data.records import TEST, TRAIN, list_images
-from trainwise.data.tables import with_ids
 from trainwise.errors import TrackingError
 from trainwise.paths import trainwise_home
 from trainwise.steps import artifacts
-from trainwise.steps.ingest import TAG_DIGEST
+from trainwise.steps.artifacts import TAG_DIGEST
+from trainwise.steps.inputs import table_rows
 from trainwise.steps.runner import StepContext
 from trainwise.submission import (
     Score,
@@ -169,13 +169,8 @@ def _image_inputs(cfg: ProjectConfig, ctx: StepContext, ids: list[str]) -> pd.Da
 
 
 def _table_inputs(cfg: ProjectConfig, ctx: StepContext, ids: list[str]) -> pd.DataFrame:
-    source = cfg.data.source
-    assert isinstance(source, TabularSource)
-    # A provided test table holds the test items whether labelled or not; else they are held-out training rows.
-    name = artifacts.TEST_TABLE if source.test_path is not None else artifacts.TABLE
-    table = with_ids(pd.read_parquet(ctx.upstream_artifact("ingest", name)), source.id_column).set_index("id")
     # The raw columns, as the model's input example had them (no id, no target).
-    return table.loc[ids].drop(columns=[cfg.task.target], errors="ignore").reset_index(drop=True)
+    return table_rows(cfg, ctx).loc[ids].drop(columns=["id", cfg.task.target], errors="ignore").reset_index(drop=True)
 
 
 def sample_submission(cfg: ProjectConfig) -> Path | None:

@@ -16,25 +16,22 @@ import pandas as pd
 import torch
 
 from trainwise import serving
-from trainwise.callbacks import CheckpointCallback, FreezeBackbone, TrackingCallback
+from trainwise.callbacks import CheckpointCallback, TrackingCallback
 from trainwise.checkpoints import load_checkpoint
 from trainwise.checks import summary
 from trainwise.checks.sample_vs_full import RunSummary, error_of, sample_vs_full
 from trainwise.config import ProjectConfig
-from trainwise.data.loading import PreparedData, image_transforms
-from trainwise.data.records import list_images
+from trainwise.data.loading import PreparedData
 from trainwise.data.sampling import stratified_sample
 from trainwise.datacard import CardSection, render_html
-from trainwise.engine import Callback, FitResult, TensorData, Trainer
+from trainwise.engine import FitResult, TensorData, Trainer
 from trainwise.errors import Terminated
 from trainwise.evaluation import learning_curves, per_class_table, predict_split, report_figures
-from trainwise.fitting import build_model, engine_config
+from trainwise.fitting import model_spec
 from trainwise.metrics import CLASSIFICATION
-from trainwise.steps import artifacts
-from trainwise.steps.check import require_passed_checks
-from trainwise.steps.inputs import initial_weights, load_prepared_data
+from trainwise.steps.inputs import input_example, load_prepared_data, make_trainer, require_passed_checks
 from trainwise.steps.runner import StepContext, checkpoint_dir
-from trainwise.tracking import StepRun, Tracker
+from trainwise.tracking import StepRun
 
 log = logging.getLogger(__name__)
 
@@ -79,24 +76,10 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
             sections.append(CardSection(check.name, check.meaning, {check.name: check.figure}))
     run.log_text(render_html(f"{cfg.name}: sample vs full ({summary(comparison)})", _rows(comparison) + sections), REPORT)
 
-    uri = serving.log_model(run.run_id, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
+    uri = serving.log_model(run.run_id, tracking_uri=run.tracking_uri, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
     run.set_tags({TAG_MODEL: uri})
     run.set_description(_markdown(cfg, finals, comparison, result, uri))
     return {"model_uri": uri, **finals}
-
-
-def make_trainer(cfg: ProjectConfig, data: PreparedData, tracker: Tracker, *, callbacks: list[Callback], epochs: int | None = None) -> Trainer:
-    train_transform, eval_transform = image_transforms(cfg, data) if data.is_image else (None, None)
-    if cfg.model.freeze_backbone_epochs:
-        callbacks = [*callbacks, FreezeBackbone(cfg.model.freeze_backbone_epochs)]
-    init = initial_weights(cfg, tracker)
-    return Trainer(
-        build_model(cfg, data, init_weights=init),
-        engine_config(cfg, data, epochs=epochs),
-        train_transform=train_transform,
-        eval_transform=eval_transform,
-        callbacks=callbacks,
-    )
 
 
 @contextmanager
@@ -142,31 +125,6 @@ def _init_loss(trainer: Trainer, data: PreparedData) -> float:
 def _summary(result: FitResult, data: PreparedData, init_loss: float, metric: str) -> RunSummary:
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
     return RunSummary(len(data.splits["train"]), init_loss, best.get(f"train_{metric}", float("nan")), best.get(f"val_{metric}", float("nan")))
-
-
-def model_spec(cfg: ProjectConfig, data: PreparedData) -> dict[str, Any]:
-    """What serving needs to rebuild the network and repeat the preprocessing on raw inputs."""
-    return {
-        "model": cfg.model.name,
-        "input_shape": list(data.input_shape),
-        "num_outputs": data.num_outputs,
-        "params": dict(cfg.model.params),
-        "task": data.task,
-        "classes": data.classes,
-        "preprocessing": data.preprocessing,
-    }
-
-
-def input_example(cfg: ProjectConfig, ctx: StepContext, data: PreparedData) -> pd.DataFrame:
-    ids = data.ids.get("val") or data.ids["train"]
-    if data.is_image:
-        manifest = pd.read_parquet(ctx.upstream_artifact("ingest", artifacts.MANIFEST)).set_index("id")
-        root = list_images(cfg).root
-        return pd.DataFrame({serving.IMAGE_COLUMN: [str(root / manifest.at[i, "path"]) for i in ids[:2]]})
-    from trainwise.data.tables import with_ids
-
-    table = with_ids(pd.read_parquet(ctx.upstream_artifact("ingest", artifacts.TABLE)), getattr(cfg.data.source, "id_column", None))
-    return table.set_index("id").loc[ids[:2]].drop(columns=[cfg.task.target]).reset_index(drop=True)
 
 
 def _rows(results: list) -> list[CardSection]:

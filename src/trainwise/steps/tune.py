@@ -1,8 +1,9 @@
 """Step 6, tune: an Optuna study, one child run per trial, the best configuration registered as `challenger`.
 
 The study lives in its own Optuna database (never MLflow's): SQLite under .trainwise/ by default,
-PostgreSQL or a journal file for several workers. Its name comes from the project and the search
-space, and it is opened with load_if_exists, so an interrupted study resumes and several
+PostgreSQL or a journal file for several workers. Its name hashes its definition (the objective:
+metric, fixed config, space, data; `study_definition`), stored in its user attributes, and it is
+opened with load_if_exists, so an interrupted study resumes and several
 `trainwise tune` processes pointed at one storage share it. The trial budget is the study's, not a
 worker's: every worker stops once the study holds `tune.trials` finished trials.
 
@@ -31,19 +32,19 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from trainwise import serving
 from trainwise.callbacks import TrackingCallback
-from trainwise.config import ProjectConfig, with_overrides
+from trainwise.config import ProjectConfig, flatten, with_overrides
 from trainwise.config.tune import CategoricalParam, FloatParam, IntParam
 from trainwise.data.loading import PreparedData
 from trainwise.engine import Callback, NonFiniteLossError, Trainer
 from trainwise.errors import ConfigError
 from trainwise.evaluation import predict_split
+from trainwise.fitting import model_spec
+from trainwise.identity import user_content
 from trainwise.paths import trainwise_home
 from trainwise.provenance import short_hash
-from trainwise.steps.check import require_passed_checks
-from trainwise.steps.inputs import load_prepared_data
+from trainwise.steps.inputs import input_example, load_prepared_data, make_trainer, require_passed_checks
 from trainwise.steps.runner import StepContext
-from trainwise.steps.train import input_example, make_trainer, model_spec
-from trainwise.tracking import CHALLENGER, Registry, StepRun, Tracker
+from trainwise.tracking import CHALLENGER, TAG_CACHE_KEY, Registry, StepRun, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ STORAGE_ENV = "TRAINWISE_OPTUNA_STORAGE"
 TAG_TRIAL = "trainwise.trial"
 TAG_TRIAL_STATE = "trainwise.trial_state"
 TAG_STUDY = "trainwise.study"
+TAG_BEST_TRIAL = "trainwise.best_trial"  # on a registered version: the study's trial it is the result of
+TAG_FINALISED = "trainwise.finalised"  # on a tune run: "true" when this worker registered the study's result
+DEFINITION_ATTR = "trainwise.definition"  # study user attribute: what the objective is (study_definition)
+BASELINE_ATTR = "trainwise.baseline"  # trial user attribute of the project's own configuration: the keys it sets
 RUN_ATTR = "mlflow_run_id"  # trial user attribute: the trial's child run, for the run's status after a worker dies
 
 SAMPLERS = {
@@ -69,7 +74,9 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         raise ConfigError(f"{cfg.source_file}: tune.space is empty; name the settings to tune (see projects/digits/project.yaml)")
     data = load_prepared_data(cfg, ctx, cfg.tune.dataset)
     storage_url = ctx.options.get("storage") or os.environ.get(STORAGE_ENV) or cfg.tune.storage or default_storage(cfg)
-    study = open_study(cfg, storage_url, run_digest=ctx.upstream["prepare"])
+    prepare = ctx.tracker.get_run(ctx.upstream["prepare"]).data.tags
+    study = open_study(cfg, storage_url, data_identity=prepare.get(TAG_CACHE_KEY, ctx.upstream["prepare"]))
+    enqueue_baseline(study, cfg)
     run.set_tags({TAG_STUDY: study.study_name, "trainwise.optuna_storage": _redact(storage_url)})
     log.info("study %s on %s: %d trials so far", study.study_name, _redact(storage_url), len(study.trials))
 
@@ -98,11 +105,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     _log_study_plots(study, run)
     outputs: dict[str, Any] = {"study": study.study_name, "best_value": best.value, "best_params": best.params, **counts}
     if cfg.tune.retrain:
-        best_cfg = with_overrides(cfg, best.params)
-        if keep_weights and _trial_has_weights(ctx.tracker, best):
-            outputs |= register_best_trial(best_cfg, ctx, run, best, data)  # data: the full data the trials used
-        else:
-            outputs |= retrain_and_register(best_cfg, ctx, run, best)
+        outputs |= finalise(cfg, ctx, run, study, data, keep_weights=keep_weights)
     run.set_description(_markdown(cfg, study, best, counts, outputs))
     return outputs
 
@@ -116,11 +119,29 @@ def default_storage(cfg: ProjectConfig) -> str:
     return f"sqlite:///{folder / f'{cfg.name}.db'}"
 
 
-def open_study(cfg: ProjectConfig, storage_url: str, *, run_digest: str) -> optuna.Study:
+def study_definition(cfg: ProjectConfig, data_identity: str) -> dict[str, str]:
+    """Everything that defines a study's objective, flat: what its trials are compared on.
+
+    The metric and direction; every config value trials do not override (model, train, augment,
+    split, image, task); the space, epochs, dataset, sampler and pruner; the user's model code; and
+    the data (prepare's key, which covers the data's content digest and the splits).
+    """
     tune = cfg.tune
-    space = {k: v.model_dump(mode="json") for k, v in tune.space.items()}
-    # One study per project, search space and training data: the same inputs resume the same study.
-    name = f"{cfg.name}-{short_hash({'space': space, 'dataset': tune.dataset, 'epochs': tune.epochs, 'data': run_digest}, 10)}"
+    fixed = {name: cfg.section(name) for name in ("task", "model", "train", "augment", "split", "image")}
+    flat = {key: value for key, value in flatten(fixed).items() if not any(key == k or key.startswith(f"{k}.") for k in tune.space)}
+    study = {
+        "metric": cfg.task.metric, "direction": cfg.task.direction, "dataset": tune.dataset, "epochs": tune.epochs or cfg.train.epochs,
+        "sampler": tune.sampler, "pruner": tune.pruner, "warmup_epochs": tune.warmup_epochs, "seed": tune.seed,
+        "space": {k: v.model_dump(mode="json") for k, v in tune.space.items()}, "user_code": user_content(cfg), "data": data_identity,
+    }  # fmt: skip
+    return {**{f"config.{k}": v for k, v in flat.items()}, **flatten({"study": study})}
+
+
+def open_study(cfg: ProjectConfig, storage_url: str, *, data_identity: str) -> optuna.Study:
+    tune = cfg.tune
+    definition = study_definition(cfg, data_identity)
+    # One study per definition: the same objective resumes the same study, any other makes a new one.
+    name = f"{cfg.name}-{short_hash(definition, 10)}"
     sampler_class = SAMPLERS.get(tune.sampler) or getattr(optuna.samplers, tune.sampler, None)
     if sampler_class is None:
         raise ConfigError(f"tune.sampler {tune.sampler!r} is not an Optuna sampler; choose {', '.join(SAMPLERS)} or a class name")
@@ -134,10 +155,65 @@ def open_study(cfg: ProjectConfig, storage_url: str, *, run_digest: str) -> optu
         pruner = pruner_class()
     else:
         pruner = pruner_class(min_resource=max(1, tune.warmup_epochs))
-    return optuna.create_study(
-        storage=make_storage(storage_url, cfg), sampler=sampler, pruner=pruner, study_name=name,
-        direction=cfg.task.direction, load_if_exists=True,
+    storage = make_storage(storage_url, cfg)
+    known = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    study = optuna.create_study(
+        storage=storage, sampler=sampler, pruner=pruner, study_name=name, direction=cfg.task.direction, load_if_exists=True,
     )  # fmt: skip
+    stored = study.user_attrs.get(DEFINITION_ATTR)
+    if stored is None and name not in known:
+        study.set_user_attr(DEFINITION_ATTR, definition)
+        _log_why_new(name, definition, [s for n, s in known.items() if n.startswith(f"{cfg.name}-")])
+    elif stored != definition:  # same name, other objective: its best trial would answer another question
+        differing = sorted(k for k in set(definition) | set(stored or {}) if definition.get(k) != (stored or {}).get(k))
+        raise ConfigError(
+            f"study {name} in {_redact(storage_url)} was made for another objective"
+            + (f" (differs in {', '.join(differing[:8])})" if stored else " (it records no definition)")
+            + "; delete it (optuna delete-study) or change tune settings to start a new study"
+        )
+    return study
+
+
+def _log_why_new(name: str, definition: dict[str, str], others: list[Any]) -> None:
+    """A new study next to older ones of the project: say which settings made it new."""
+    for other in sorted(others, key=lambda s: s.datetime_start or 0, reverse=True)[:1]:
+        previous = other.user_attrs.get(DEFINITION_ATTR) or {}
+        differing = sorted(k for k in set(definition) | set(previous) if definition.get(k) != previous.get(k))
+        log.info("new study %s: differs from study %s in %s", name, other.study_name, ", ".join(differing[:8]) or "its name")
+
+
+def baseline_params(cfg: ProjectConfig) -> dict[str, Any]:
+    """The project's own values of the tuned settings (those set and inside their distribution)."""
+    tree = cfg.to_dict()
+    found: dict[str, Any] = {}
+    for key, param in cfg.tune.space.items():
+        node = _value_at(tree, key)
+        if node is None or any(found.get(other, _value_at(tree, other)) != value for other, value in (param.when or {}).items()):
+            continue
+        if isinstance(param, CategoricalParam):
+            inside = node in param.choices
+        else:
+            inside = isinstance(node, int | float) and param.low <= node <= param.high
+        if inside:
+            found[key] = node
+    return found
+
+
+def _value_at(tree: dict[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def enqueue_baseline(study: optuna.Study, cfg: ProjectConfig) -> None:
+    """Trial 0 is the project's own configuration, so the study's best is never worse on validation
+    than the untuned model (skip_if_exists: several workers opening one study enqueue it once)."""
+    if study.trials:
+        return
+    params = baseline_params(cfg)
+    study.enqueue_trial(params, user_attrs={BASELINE_ATTR: sorted(params)}, skip_if_exists=True)
+    log.info("study %s: trial 0 is the project's own configuration %s", study.study_name, params)
 
 
 def make_storage(url: str, cfg: ProjectConfig) -> optuna.storages.BaseStorage:
@@ -223,7 +299,11 @@ class Objective:
         self.keep_weights = keep_weights  # log each completed trial's best weights (the best one becomes the model)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        params = suggest(trial, self.cfg.tune.space)
+        space = self.cfg.tune.space
+        baseline = trial.user_attrs.get(BASELINE_ATTR)
+        if baseline is not None:  # the project's own config: the settings it leaves unset stay unset
+            space = {key: param for key, param in space.items() if key in baseline}
+        params = suggest(trial, space)
         trial_cfg = with_overrides(self.cfg, params)
         metric = trial_cfg.task.metric or "accuracy"
         tags = {TAG_TRIAL: str(trial.number), TAG_STUDY: self.study, "trainwise.worker": f"{socket.gethostname()}:{os.getpid()}"}
@@ -304,7 +384,36 @@ def _trial_has_weights(tracker: Tracker, trial: FrozenTrial) -> bool:
     return bool(run_id) and TRIAL_WEIGHTS in tracker.list_artifacts(run_id, str(Path(TRIAL_WEIGHTS).parent))
 
 
-def register_best_trial(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, best: FrozenTrial, full: PreparedData) -> dict[str, Any]:
+def finalise(cfg: ProjectConfig, ctx: StepContext, run: StepRun, study: optuna.Study, data: PreparedData, *, keep_weights: bool) -> dict[str, Any]:
+    """Register the study's result once, whatever the number of workers.
+
+    The worker that finds no trial still running or waiting finalises (the last to finish). Two that
+    finish together both register; each then looks up the versions registered for this study's
+    best trial and only the lowest one stands: the others are deleted before any alias moves.
+    A result already registered (a rerun, or a worker that finished first) is reported, not redone.
+    """
+    best = study.best_trial
+    name = cfg.registry.model_name or cfg.name
+    active = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    if active:
+        log.info("study %s: %d trials still running in other workers; the last worker to finish registers the result", study.study_name, len(active))
+        run.set_tags({TAG_FINALISED: "false"})
+        return {"finalised": False}
+    claim = {TAG_STUDY: study.study_name, TAG_BEST_TRIAL: str(best.number)}
+    done = Registry(ctx.tracker.tracking_uri).versions_tagged(name, claim)
+    if done:
+        log.info("study %s: its best trial %d is already registered as %s version %s", study.study_name, best.number, name, done[0].version)
+        run.set_tags({TAG_FINALISED: "false", "trainwise.registered_version": done[0].version})
+        return {"finalised": False, "version": done[0].version, "registered_model": name}
+    best_cfg = with_overrides(cfg, best.params)
+    if keep_weights and _trial_has_weights(ctx.tracker, best):
+        return register_best_trial(best_cfg, ctx, run, best, data, claim=claim)  # data: the full data the trials used
+    return retrain_and_register(best_cfg, ctx, run, best, claim=claim)
+
+
+def register_best_trial(
+    cfg: ProjectConfig, ctx: StepContext, parent: StepRun, best: FrozenTrial, full: PreparedData, *, claim: dict[str, str]
+) -> dict[str, Any]:
     """Tuning ran on the full data: the best trial's own weights, evaluated on the test split and registered."""
     metric = cfg.task.metric or "accuracy"
     trial_run = best.user_attrs[RUN_ATTR]
@@ -316,10 +425,10 @@ def register_best_trial(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, b
         child.log_params({**best.params, "trial": best.number})
         child.set_description(f"The best trial's own model ([trial {best.number}]({ctx.tracker.url_of(ctx.tracker.get_run(trial_run))})), not retrained.")
         uri, finals = _test_and_log_model(cfg, ctx, child, trainer, full, {"best_val_" + metric: float(best.value)})
-    return _register(cfg, ctx, parent, uri, child.run_id, finals) | {"from_trial": True}
+    return _register(cfg, ctx, parent, uri, source_run=child.run_id, finals=finals, claim=claim) | {"from_trial": True}
 
 
-def retrain_and_register(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, best: FrozenTrial) -> dict[str, Any]:
+def retrain_and_register(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, best: FrozenTrial, *, claim: dict[str, str]) -> dict[str, Any]:
     """Train the best configuration on the full training data, evaluate it on the test split, register it."""
     full = load_prepared_data(cfg, ctx, "full")
     metric = cfg.task.metric or "accuracy"
@@ -329,7 +438,7 @@ def retrain_and_register(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, 
         result = trainer.fit(full.splits["train"], full.splits.get("val"))
         trainer.model.load_state_dict(result.best_state)
         uri, finals = _test_and_log_model(cfg, ctx, child, trainer, full, {"best_val_" + metric: result.best_value})
-    return _register(cfg, ctx, parent, uri, child.run_id, finals)
+    return _register(cfg, ctx, parent, uri, source_run=child.run_id, finals=finals, claim=claim)
 
 
 def _test_and_log_model(
@@ -339,30 +448,45 @@ def _test_and_log_model(
     if "test" in full.splits:
         finals = finals | {f"test_{k}": v for k, v in predict_split(trainer, full, full.splits["test"]).metrics.items()}
     run.log_metrics(finals)
-    uri = serving.log_model(run.run_id, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
+    uri = serving.log_model(run.run_id, tracking_uri=run.tracking_uri, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
     return uri, finals
 
 
-def _register(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, uri: str, source_run: str, finals: dict[str, float]) -> dict[str, Any]:
-    """A new version of the project's registered model from `uri`, with its provenance, aliased `challenger`."""
+def _register(
+    cfg: ProjectConfig, ctx: StepContext, parent: StepRun, uri: str, *, source_run: str, finals: dict[str, float], claim: dict[str, str]
+) -> dict[str, Any]:
+    """A new version of the project's registered model from `uri`, with its provenance, aliased `challenger`
+    unless another worker registered the same result first (see `finalise`)."""
     check = ctx.tracker.get_run(ctx.upstream["check"]) if "check" in ctx.upstream else None
     ingest = ctx.tracker.get_run(ctx.upstream["ingest"])
     tags = {
         "trainwise.source_run": source_run,
         "trainwise.tune_run": parent.run_id,
         "trainwise.data_digest": ingest.data.tags.get("trainwise.data_digest", ""),
+        # The splits it was trained and selected on: promote sees when another holdout overlaps them.
+        "trainwise.prepare_run": ctx.upstream["prepare"],
+        "trainwise.split_digest": ctx.tracker.get_run(ctx.upstream["prepare"]).data.tags.get("trainwise.split_digest", ""),
         "trainwise.checks": check.data.tags.get("trainwise.checks", "skipped") if check else "skipped",
         "trainwise.checks_passed": check.data.tags.get("trainwise.passed", "false") if check else "false",
         "trainwise.config_hash": cfg.config_hash(),
         **{f"trainwise.{k}": f"{v:.6g}" for k, v in finals.items() if k.startswith("test_")},
+        **claim,
     }
     registry = Registry(ctx.tracker.tracking_uri)
     name = cfg.registry.model_name or cfg.name
     version = registry.register(uri, name, tags=tags)
+    # Version numbers grow in commit order: the lowest version of this result was registered first.
+    first = registry.versions_tagged(name, claim)[0]
+    if first.version != version.version:
+        registry.delete_version(name, version.version)
+        log.info("another worker registered this study's result first (version %s); dropped version %s", first.version, version.version)
+        parent.set_tags({TAG_FINALISED: "false", "trainwise.registered_version": first.version})
+        return {"finalised": False, "version": first.version, "registered_model": name, **finals}
     registry.set_alias(name, CHALLENGER, version.version)
+    parent.set_tags({TAG_FINALISED: "true"})
     parent.set_tags({"trainwise.registered_version": version.version, "trainwise.model_uri": uri})
     log.info("registered %s version %s as %s (%s)", name, version.version, CHALLENGER, registry.url(name, version.version))
-    return {"model_uri": uri, "version": version.version, "registered_model": name, **finals}
+    return {"model_uri": uri, "version": version.version, "registered_model": name, "finalised": True, **finals}
 
 
 def _markdown(cfg: ProjectConfig, study: optuna.Study, best: FrozenTrial, counts: dict[str, int], outputs: dict[str, Any]) -> str:
@@ -372,7 +496,10 @@ def _markdown(cfg: ProjectConfig, study: optuna.Study, best: FrozenTrial, counts
         f"Best: trial {best.number}, validation {cfg.task.metric} {best.value:.4f}", "",
         "| parameter | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in best.params.items()), "",
     ]  # fmt: skip
-    if "version" in outputs:
+    if outputs.get("finalised") is False:
+        found = f" (version {outputs['version']})" if "version" in outputs else ""
+        lines.append(f"The study's result is registered by the last worker to finish{found}, not by this one.")
+    elif "version" in outputs:
         how = "The best trial's own model" if outputs.get("from_trial") else "Retrained on the full data and"
         lines.append(f"{how} registered as `{outputs['registered_model']}` version {outputs['version']}, alias `challenger`.")
     lines.append("Plots of the study under `study/`; one child run per trial.")

@@ -11,7 +11,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from trainwise.errors import TrackingError
-from trainwise.tracking.runs import TAG_PROJECT, connect
+from trainwise.tracking.runs import TAG_PROJECT, connect, filter_literal
 
 CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous-champion"
 
@@ -46,6 +46,15 @@ class Registry:
                 self.client.create_registered_model(name, tags={TAG_PROJECT: name})
         version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
         return self.version(name, str(version.version))
+
+    def versions_tagged(self, name: str, tags: Mapping[str, str]) -> list[ModelVersionInfo]:
+        """The versions of `name` that carry all these tags, oldest first."""
+        conditions = [f"name = {filter_literal(name)}", *(f"tags.`{key}` = {filter_literal(value)}" for key, value in tags.items())]
+        found = self.client.search_model_versions(" AND ".join(conditions))
+        return sorted((_version_info(v) for v in found), key=lambda v: int(v.version))
+
+    def delete_version(self, name: str, version: str) -> None:
+        self.client.delete_model_version(name, version)
 
     def version(self, name: str, version: str) -> ModelVersionInfo:
         return _version_info(self.client.get_model_version(name, version))
@@ -101,3 +110,4 @@ def _version_info(version: Any) -> ModelVersionInfo:
         tags=dict(version.tags or {}),
         aliases=list(version.aliases or []),
     )
+

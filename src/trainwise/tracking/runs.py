@@ -29,7 +29,7 @@ from mlflow.exceptions import MlflowException
 
 from trainwise.errors import Terminated, TrackingError
 from trainwise.provenance import canonical_json, git_commit, package_versions
-from trainwise.server import health
+from trainwise.server import TRACKING_URI_ENV, health
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -91,6 +91,32 @@ def connect(uri: str) -> MlflowClient:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+@contextmanager
+def use_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to `uri` for the block, then put back.
+
+    For the MLflow calls that take neither a URI nor a client and resolve the global one (in 3.17:
+    `Model.log`, the fluent `start_run`/`end_run`). A no-op when it is `uri` already, as after
+    `connect(uri)`. Not thread-safe: the URI is one per process.
+    """
+    if mlflow.get_tracking_uri() == uri:
+        yield
+        return
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None  # None: MLflow's default
+    previous_env = os.environ.get(TRACKING_URI_ENV)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        # set_tracking_uri also exports (or unsets) MLFLOW_TRACKING_URI; put the variable back as it
+        # was (ensure_tracking_uri reads it to decide whether to start the local server).
+        if previous_env is None:
+            os.environ.pop(TRACKING_URI_ENV, None)
+        else:
+            os.environ[TRACKING_URI_ENV] = previous_env
 
 
 @dataclass
@@ -198,20 +224,24 @@ class StepRun:
         self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
 
     @contextmanager
-    def system_metrics(self, interval_s: float = 10.0) -> Iterator[None]:
-        """CPU, memory (and GPU, when pynvml is installed) sampled into this run while the block runs."""
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    def system_metrics(self) -> Iterator[None]:
+        """CPU, memory, disk, network (and GPU, when pynvml is installed) sampled into this run as system/* metrics.
 
-        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, tracking_uri=self.tracking_uri)
-        monitor.start()
+        MLflow 3's public API attaches its monitor only to a fluent run, so for the block this run
+        is the thread's active run: `start_run` with its id resumes it (nested, so a notebook's own
+        active run stays as it was). Sampled every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds
+        (MLflow's default: 10); MLflow logs whole intervals only, so a block shorter than one logs none.
+        """
+        with use_tracking_uri(self.tracking_uri):
+            mlflow.start_run(run_id=self.run_id, nested=True, log_system_metrics=True)
         try:
             yield
         finally:
-            monitor.finish()
-            # One last sample, so a run shorter than the interval still records its machine.
-            monitor.collect_metrics()
-            monitor.publish_metrics(monitor.aggregate_metrics())
-            monitor.mlflow_logger.flush()
+            with use_tracking_uri(self.tracking_uri):
+                # end_run is what stops the monitor. It must leave the run RUNNING: the step goes on
+                # logging, and Tracker.run sets the final status (it also overwrites the end time
+                # this sets).
+                mlflow.end_run(status="RUNNING")
 
     def artifact_uri(self, artifact_file: str = "") -> str:
         return f"runs:/{self.run_id}/{artifact_file}"
@@ -368,10 +398,10 @@ class Tracker:
         self, filters: Mapping[str, str], *, status: str | None = None, max_results: int | None = None, page_size: int = 1000
     ) -> Iterator[Run]:
         """This project's runs matching exact tag values, newest first, paging through all results."""
-        clauses = [f"tags.`{TAG_PROJECT}` = {_quote(self.project)}"]
-        clauses += [f"tags.`{key}` = {_quote(value)}" for key, value in filters.items()]
+        clauses = [f"tags.`{TAG_PROJECT}` = {filter_literal(self.project)}"]
+        clauses += [f"tags.`{key}` = {filter_literal(value)}" for key, value in filters.items()]
         if status:
-            clauses.append(f"attributes.status = {_quote(status)}")
+            clauses.append(f"attributes.status = {filter_literal(status)}")
         token, seen = None, 0
         experiment_ids = self.experiment_ids()
         while True:
@@ -412,23 +442,41 @@ class Tracker:
 
     def download_model(self, model_uri: str, dst: Path) -> Path:
         """A logged or registered model's files (models:/name@alias, models:/id, runs:/id/model), downloaded once."""
-        if dst.is_dir() and any(dst.iterdir()):
+        if dst.is_dir():  # only ever renamed into place whole (below), so present means complete
             return dst
-        dst.mkdir(parents=True, exist_ok=True)
-        try:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst), tracking_uri=self.tracking_uri))
-        except MlflowException as exc:
-            raise TrackingError(f"could not download {model_uri} from {self.tracking_uri}: {exc.message}") from None
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.partial-") as tmp:
+            try:
+                mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp, tracking_uri=self.tracking_uri)
+            except MlflowException as exc:
+                raise TrackingError(f"could not download {model_uri} from {self.tracking_uri}: {exc.message}") from None
+            _rename_into_place(Path(tmp), dst)
+        return dst
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
         """The artifact paths directly under `path` of a run."""
         return [a.path for a in self.client.list_artifacts(run_id, path)]
 
     def download_artifact(self, run_id: str, artifact_path: str, dst: Path) -> Path:
-        dst.mkdir(parents=True, exist_ok=True)
-        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
+        """`artifact_path` of a run as `dst/artifact_path`, written to a temporary name and renamed into
+        place: an interrupted download never leaves a truncated file that a later step takes as complete."""
+        final = dst / artifact_path
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.name}.partial-") as tmp:
+            fetched = Path(self.client.download_artifacts(run_id, artifact_path, tmp))
+            _rename_into_place(fetched, final)
+        return final
 
 
-def _quote(value: str) -> str:
+def _rename_into_place(source: Path, target: Path) -> None:
+    """Atomic on one filesystem; a target another process put there first is as good as ours."""
+    try:
+        os.replace(source, target)
+    except OSError:
+        if not target.exists():
+            raise
+
+
+def filter_literal(value: str) -> str:
     """A string literal for MLflow's filter syntax."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
