@@ -230,8 +230,13 @@ class StepRun:
         MLflow 3's public API attaches its monitor only to a fluent run, so for the block this run
         is the thread's active run: `start_run` with its id resumes it (nested, so a notebook's own
         active run stays as it was). Sampled every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds
-        (MLflow's default: 10); MLflow logs whole intervals only, so a block shorter than one logs none.
+        (trainwise's default: SYSTEM_METRICS_INTERVAL_S); MLflow logs whole intervals only, so a block
+        shorter than one logs none.
         """
+        if "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL" not in os.environ:
+            # 1 s rather than MLflow's 10: a short training (a dry run, a small table) still records
+            # its machine; the user's own setting wins.
+            mlflow.system_metrics.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         with use_tracking_uri(self.tracking_uri):
             mlflow.start_run(run_id=self.run_id, nested=True, log_system_metrics=True)
         try:
@@ -250,6 +255,7 @@ class StepRun:
 # MLflow 3's UI opens in its GenAI layout (traces, judges) unless told otherwise; the experiment tag
 # alone did not switch it in 3.17 (checked in headless Chromium), the query parameter does.
 _UI_MODE = "?workflowType=machine_learning"
+SYSTEM_METRICS_INTERVAL_S = 1.0
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
