@@ -13,19 +13,10 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from tests.conftest import free_port
+from tests.integration.test_serving import IMAGE_SPEC as SPEC
 from trainwise.models import create_model
 from trainwise.serving import log_model
 from trainwise.tracking import Tracker
-
-SPEC = {
-    "model": "simple_cnn",
-    "input_shape": [1, 8, 8],
-    "num_outputs": 2,
-    "params": {"width": 4},
-    "task": "classification",
-    "classes": ["a", "b"],
-    "preprocessing": {"kind": "image", "size": [8, 8], "channels": 1, "mean": [0.5], "std": [0.25]},
-}
 
 
 def test_log_model_lands_on_its_server_while_the_global_tracking_uri_points_elsewhere(
@@ -33,7 +24,7 @@ def test_log_model_lands_on_its_server_while_the_global_tracking_uri_points_else
 ) -> None:
     image = tmp_path / "grey.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)).save(image)
-    network = create_model("simple_cnn", input_shape=(1, 8, 8), num_outputs=2, params={"width": 4}).eval()
+    network = create_model(SPEC["model"], input_shape=tuple(SPEC["input_shape"]), num_outputs=SPEC["num_outputs"], params=SPEC["params"]).eval()
     tracker = Tracker(unique_name, tracking_server)
     nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a wrong address fails in seconds, not minutes
