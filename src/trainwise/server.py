@@ -100,13 +100,28 @@ class LocalServer:
             log.warning("ignoring unreadable pid file %s (%s)", self.pid_file, exc)
             return None
 
-    def _live_state(self) -> ServerState | None:
-        """The recorded server if its process is alive; a stale pid file is removed."""
+    def _live_state(self, *, clear_crashed: bool = False) -> ServerState | None:
+        """The recorded server if its process is alive; a stale pid file is removed.
+
+        A crashed server (its `mlflow server` process killed) can leave its uvicorn worker serving
+        on the port, orphaned: it keeps the pid file's process group, which is how it is recognised.
+        With `clear_crashed` (a start) those leftovers are stopped so the port frees at once; without
+        it (status) the pid file stays, so a later start can still find them.
+        """
         state = self._read_state()
         if state is None:
             return None
         if _process_alive(state.pid) and _is_mlflow_server(state.pid):
             return state
+        leftovers = _mlflow_members(state.pid)
+        if leftovers and not clear_crashed:
+            return None
+        if leftovers:
+            log.warning(
+                "the tracking server at %s crashed (process %d is gone) and left %s running; stopping them",
+                state.url, state.pid, ", ".join(map(str, leftovers)),
+            )  # fmt: skip
+            _stop_group(state.pid, timeout=10.0)
         log.info("removing stale pid file %s (process %d is gone)", self.pid_file, state.pid)
         self.pid_file.unlink(missing_ok=True)
         return None
@@ -140,7 +155,7 @@ class LocalServer:
             return self._start(timeout)
 
     def _start(self, timeout: float) -> ServerStatus:
-        state = self._live_state()
+        state = self._live_state(clear_crashed=True)
         if state is not None:
             if not wait_healthy(state.url, timeout):
                 raise ServerError(
@@ -197,16 +212,9 @@ class LocalServer:
         """Stop the whole process group and wait for it; False when none was running."""
         state = self._live_state()
         if state is None:
+            self._live_state(clear_crashed=True)  # a crashed server's orphaned workers go too
             return False
-        _kill_group(state.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _group_alive(state.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _group_alive(state.pid):
-            log.warning("server process group %d ignored SIGTERM for %.0fs; sending SIGKILL", state.pid, timeout)
-            _kill_group(state.pid, signal.SIGKILL)
-            while _group_alive(state.pid):
-                time.sleep(0.05)
+        _stop_group(state.pid, timeout)
         self.pid_file.unlink(missing_ok=True)
         log.info("stopped tracking server at %s", state.url)
         return True
@@ -258,6 +266,9 @@ def wait_healthy(url: str, timeout: float) -> bool:
 
 def _require_free_port(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As uvicorn binds: the connections of a server that just stopped or crashed linger in
+        # TIME-WAIT for a minute, and without SO_REUSEADDR they would look like another process.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -315,6 +326,30 @@ def _group_has_live_members(pgid: int) -> bool:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 return True
     return False
+
+
+def _mlflow_members(pgid: int) -> list[int]:
+    """Live processes of process group `pgid` that run MLflow (a crashed server's orphaned workers)."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z" and b"mlflow" in (entry / "cmdline").read_bytes():
+                members.append(int(entry.name))
+    return sorted(members)
+
+
+def _stop_group(pgid: int, timeout: float) -> None:
+    """SIGTERM the whole group, SIGKILL after `timeout`, and wait until none of it is left."""
+    _kill_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _group_alive(pgid):
+        log.warning("server process group %d ignored SIGTERM for %.0fs; sending SIGKILL", pgid, timeout)
+        _kill_group(pgid, signal.SIGKILL)
+        while _group_alive(pgid):
+            time.sleep(0.05)
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:

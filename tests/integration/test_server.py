@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -239,3 +241,59 @@ def test_server_that_dies_while_starting_is_reported_with_its_log(tmp_path: Path
         assert not server.pid_file.exists()
     finally:
         server.stop()
+
+
+def _hold_connection(url: str) -> http.client.HTTPConnection:
+    """A kept-alive connection to the server: when the server dies, its end of it lingers (TIME-WAIT)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    connection.request("GET", "/health")
+    connection.getresponse().read()
+    return connection
+
+
+def test_a_crashed_servers_port_and_orphaned_worker_do_not_block_the_restart(server: LocalServer) -> None:
+    # SIGKILL on `mlflow server` alone, as a crash or the OOM killer would: its uvicorn worker lives
+    # on, orphaned, still listening on the port. The restart must recognise it by the pid file's
+    # process group and replace it at once, not call the port "in use by another process".
+    first = server.start()
+    assert first.pid is not None
+    orphans = [pid for pid in _members(first.pid) if pid != first.pid]
+    assert orphans, "expected mlflow server to run uvicorn in a child process"
+    connection = _hold_connection(first.url)
+    os.kill(first.pid, signal.SIGKILL)
+    while _alive(first.pid):  # the signal is delivered asynchronously
+        time.sleep(0.05)
+    connection.close()
+    assert health(first.url), "the orphaned worker should still be serving: the restart must deal with it"
+    again = server.start(timeout=60)
+    assert again.running and again.healthy and again.pid != first.pid
+    assert not any(_alive(pid) for pid in orphans)
+
+
+def test_a_restart_right_after_a_crash_is_not_refused_for_time_wait_sockets(server: LocalServer) -> None:
+    # The whole server killed with connections open: the kernel keeps the server's end of each in
+    # TIME-WAIT for a minute. A port check without SO_REUSEADDR took that as another process.
+    first = server.start()
+    assert first.pid is not None
+    connection = _hold_connection(first.url)
+    _kill_group(first.pid, signal.SIGKILL)
+    while _group_alive(first.pid):
+        time.sleep(0.05)
+    connection.close()
+    time.sleep(0.2)  # the kernel moves the server's end to TIME-WAIT once the client's FIN arrives
+    assert _time_wait_on(server.port), "the test needs a TIME-WAIT socket on the port to mean anything"
+    assert server.start(timeout=60).healthy
+
+
+def _members(pgid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid(int(p.name)) == pgid and _alive(int(p.name))]
+
+
+def _time_wait_on(port: int) -> bool:
+    """Whether /proc/net/tcp lists a TIME-WAIT (state 06) socket on local port `port`."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "06":
+            return True
+    return False
