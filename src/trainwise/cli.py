@@ -143,7 +143,9 @@ def _load(project: str, overrides: tuple[str, ...], dry_run: bool) -> ProjectCon
 def _tracker(cfg: ProjectConfig) -> Tracker:
     from trainwise.tracking import Tracker  # lazily: mlflow takes seconds to import, --help should not
 
-    return Tracker(cfg.name, ensure_tracking_uri())
+    tracker = Tracker(cfg.name, ensure_tracking_uri())
+    tracker.end_orphaned_runs()  # runs whose process was killed outright: FAILED, not RUNNING forever
+    return tracker
 
 
 # -- one command per step --------------------------------------------------------------------------

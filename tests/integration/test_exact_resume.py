@@ -89,10 +89,13 @@ def test_a_sigterm_at_a_random_epoch_then_resume_ends_like_an_uninterrupted_run(
     assert killed.info.status == "KILLED" and folder == checkpoint_dir(killed.info.run_id)
     killed_at = epoch_of(folder / "last.pt")
     assert at <= killed_at < epochs  # interrupted before early stopping triggered
+    checkpoints = MlflowClient(tracking_server).list_artifacts(killed.info.run_id, "checkpoints")
+    assert [a.path for a in checkpoints] == ["checkpoints/last.pt"]  # the checkpoint is in the run, not only on this disk
 
     invoke(*train, "--resume")
     resumed = MlflowClient(tracking_server).get_run(killed.info.run_id)
     assert resumed.info.status == "FINISHED" and resumed.data.tags["trainwise.resumed"] == "true"
+    assert len(step_runs(tracking_server, unique_name, "train")) == 2  # the same run resumed, not a third
     got = load_checkpoint(folder / "last.pt")
     assert got["epoch"] == epochs, f"uninterrupted {epochs} epochs, resumed from epoch {killed_at} ran {got['epoch']}"
     assert without_timings(got["history"]) == without_timings(expected["history"])

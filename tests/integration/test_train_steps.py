@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -21,8 +16,6 @@ REPO = Path(__file__).resolve().parents[2]
 DIGITS = str(REPO / "projects" / "digits")
 
 pytestmark = pytest.mark.slow
-
-
 
 
 def test_digits_check_train_and_the_served_model(tracking_server: str, unique_name: str, tmp_path: Path, session_home: Path) -> None:
@@ -91,36 +84,3 @@ def test_tabular_training_and_model(tracking_server: str, unique_name: str, proj
     else:
         assert train.data.metrics["test_rmse"] < 75  # the target's std is 77
         assert predicted["prediction"].between(25, 346).all()  # in the target's units, not standardised
-
-
-def test_an_interrupted_training_resumes_in_the_same_run_to_the_same_result(
-    tracking_server: str, unique_name: str, session_home: Path
-) -> None:
-    settings = f"name={unique_name} train.epochs=20 train.early_stopping_patience=null checks.learning_curve_fractions=[]"
-    args = ["--project", DIGITS, "--set", settings, "--dry-run"]
-    for step in ("ingest", "sample", "prepare", "check", "train"):
-        invoke(step, *args)  # the uninterrupted reference, and every step it needs
-    (reference,) = step_runs(tracking_server, unique_name, "train")
-
-    before = set((session_home / "checkpoints").glob("*/last.pt"))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server, "TRAINWISE_HOME": str(session_home)}
-    process = subprocess.Popen([sys.executable, "-m", "trainwise", "train", *args, "--force"], env=env, cwd=REPO)
-    deadline = time.monotonic() + 180
-    while not (set((session_home / "checkpoints").glob("*/last.pt")) - before) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 143
-    killed = next(r for r in step_runs(tracking_server, unique_name, "train") if r.info.run_id != reference.info.run_id)
-    assert killed.info.status == "KILLED"
-    assert [a.path for a in MlflowClient(tracking_server).list_artifacts(killed.info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
-
-    invoke("train", *args, "--resume")
-    resumed = MlflowClient(tracking_server).get_run(killed.info.run_id)
-    assert resumed.info.status == "FINISHED" and resumed.data.tags["trainwise.resumed"] == "true"
-    assert len(step_runs(tracking_server, unique_name, "train")) == 2  # the same run, not a third
-
-    def by_epoch(run_id: str) -> dict[int, float]:
-        return {m.step: m.value for m in MlflowClient(tracking_server).get_metric_history(run_id, "val_loss")}
-
-    assert by_epoch(killed.info.run_id) == by_epoch(reference.info.run_id)
-    assert resumed.data.metrics["test_accuracy"] == reference.data.metrics["test_accuracy"]

@@ -158,3 +158,6 @@ def test_a_killed_workers_trial_is_failed_and_retried_with_the_same_params(
     stale_run = MlflowClient(tracking_server).get_run(failed[0].user_attrs["mlflow_run_id"])
     assert stale_run.info.status == "FAILED"  # not left RUNNING
     assert stale_run.data.tags["trainwise.trial_state"] == "failed"
+    # The killed worker's own tune run, too: the second worker found its owner gone and ended it.
+    (first_tune,) = (r for r in step_runs(tracking_server, unique_name, "tune") if r.data.tags.get("trainwise.owner.pid") == str(first.pid))
+    assert first_tune.info.status == "FAILED" and "SIGKILL" in first_tune.data.tags["trainwise.error"]

@@ -338,7 +338,12 @@ def _end_runs_of_stale_trials(study: optuna.Study, tracker: Tracker) -> None:
     """Trials failed for a stale heartbeat (their worker died) leave RUNNING child runs: end them FAILED."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         run_id = trial.user_attrs.get(RUN_ATTR)
-        if run_id and tracker.get_run(run_id).info.status == "RUNNING":
+        if not run_id:
+            continue
+        run = tracker.get_run(run_id)
+        # RUNNING, or already FAILED by trainwise's own owner check (Tracker.end_orphaned_runs) but not
+        # yet marked as a failed trial: a trial that raised was tagged when it failed.
+        if run.info.status == "RUNNING" or TAG_TRIAL_STATE not in run.data.tags:
             reason = "its worker stopped sending heartbeats; the trial was retried"
             tracker.end_run(run_id, "FAILED", reason=reason, tags={TAG_TRIAL_STATE: "failed"})
 

@@ -30,6 +30,7 @@ from mlflow.exceptions import MlflowException
 from trainwise.errors import Terminated, TrackingError
 from trainwise.provenance import canonical_json, git_commit, package_versions
 from trainwise.server import TRACKING_URI_ENV, health
+from trainwise.tracking.liveness import HEARTBEAT, Owner, owner_gone
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -324,10 +325,11 @@ class Tracker:
             self.client.update_run(reopen, status="RUNNING")
             existing = self.client.get_run(reopen)
             run = StepRun(self.client, reopen, existing.info.experiment_id, existing.info.run_name or step, self.tracking_uri)
-            run.set_tags({"trainwise.resumed": "true", **(tags or {})})
+            run.set_tags({"trainwise.resumed": "true", **Owner.this_process().tags(), **(tags or {})})
         else:
             run = self._open(step, tags=dict(tags or {}), parent=parent, run_name=run_name, join_env=join_env)
         log.info("%s run %s: %s", step, run.run_id, run.url)
+        HEARTBEAT.add(self.client, run.run_id)
         try:
             yield run
         except (KeyboardInterrupt, Terminated) as exc:
@@ -348,6 +350,7 @@ class Tracker:
             TAG_STEP: step,
             TAG_VERSIONS: canonical_json(package_versions()),
             "mlflow.user": getpass.getuser(),
+            **Owner.this_process().tags(),  # so a run whose process is killed outright can be ended by another
             **tags,
         }
         commit = git_commit()
@@ -375,6 +378,7 @@ class Tracker:
         return run
 
     def _end(self, run: StepRun, status: str, exc: BaseException | None = None) -> None:
+        HEARTBEAT.remove(run.run_id)
         # Never let a tracking failure here hide the exception that ended the step.
         try:
             if exc is not None:
@@ -439,6 +443,28 @@ class Tracker:
         all_tags = {TAG_ERROR: reason, **(tags or {})}
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
         self.client.set_terminated(run_id, status)
+
+    def end_orphaned_runs(self) -> list[str]:
+        """End as FAILED this project's RUNNING runs whose owning process is gone (trainwise.tracking.liveness).
+
+        Called by every trainwise command before it works on the project, so `status` does not show
+        a killed step as running and the next `train` starts cleanly. Returns the ended runs' ids.
+        """
+        ended = []
+        for run in list(self.search({}, status="RUNNING")):
+            reason = owner_gone(run.data.tags)
+            if reason is None:
+                continue
+            step = run.data.tags.get(TAG_STEP, "?")
+            message = f"ended by trainwise: {reason}"
+            try:
+                self.end_run(run.info.run_id, "FAILED", reason=message, tags={"trainwise.orphaned": "true"})
+            except MlflowException as exc:  # ended meanwhile by its owner or another command: nothing lost
+                log.debug("could not end orphaned run %s: %s", run.info.run_id, exc)
+                continue
+            log.warning("%s run %s was left RUNNING; marked FAILED: %s", step, run.info.run_id, reason)
+            ended.append(run.info.run_id)
+        return ended
 
     def get_run(self, run_id: str) -> Run:
         return self.client.get_run(run_id)
