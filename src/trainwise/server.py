@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trainwise.errors import ServerError
-from trainwise.paths import trainwise_home
+from trainwise.paths import make_dir, trainwise_home
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class LocalServer:
         the loser's pid file would overwrite the winner's. The second start waits, then finds the
         first one's server.
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.dir)
         with _exclusive(self.lock_file):
             return self._start(timeout)
 

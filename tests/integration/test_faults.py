@@ -88,3 +88,54 @@ def test_an_open_run_keeps_its_heartbeat_fresh(tracking_server: str, unique_name
         while float(client.get_run(run.run_id).data.tags[TAG_HEARTBEAT]) <= first and time.monotonic() < deadline:
             time.sleep(0.2)
         assert float(client.get_run(run.run_id).data.tags[TAG_HEARTBEAT]) > first
+
+
+def test_resume_continues_the_run_with_the_same_inputs_not_the_newest_one(
+    tracking_server: str, unique_name: str, session_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trainwise.steps.runner import _interrupted_run, checkpoint_dir
+
+    tracker = Tracker(unique_name, tracking_server)
+    client = MlflowClient(tracking_server)
+
+    def interrupted(key: str) -> str:
+        run_id = client.create_run(tracker.experiment_id).info.run_id
+        for tag, value in {"trainwise.project": unique_name, "trainwise.step": "train", "trainwise.cache_key": key}.items():
+            client.set_tag(run_id, tag, value)
+        client.set_terminated(run_id, "KILLED")
+        checkpoint_dir(run_id).mkdir(parents=True)
+        (checkpoint_dir(run_id) / "last.pt").write_bytes(b"checkpoint")
+        return run_id
+
+    ours = interrupted("key-of-this-command")
+    interrupted("key-of-another-config")  # newer, interrupted too: not the one being repeated
+    with caplog.at_level("INFO", logger="trainwise.steps.runner"):
+        assert _interrupted_run(tracker, "train", "key-of-this-command") == ours
+    assert f"continuing train run {ours} (KILLED" in caplog.text
+
+
+def test_a_trainwise_home_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "TRAINWISE_HOME": str(blocker / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for command in (["status", "--project", DIGITS], ["server", "start"]):
+        done = subprocess.run([sys.executable, "-m", "trainwise", *command], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+        assert f"TRAINWISE_HOME={blocker / 'home'}" in done.stderr and "Not a directory" in done.stderr
+
+
+def test_rows_without_a_target_are_a_console_warning_naming_the_list(tracking_server: str, unique_name: str, tmp_path: Path) -> None:
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame
+    frame.loc[[3, 7], "target"] = None
+    (tmp_path / "data.csv").write_text(frame.to_csv(index=False))
+    (tmp_path / "project.yaml").write_text(
+        f"name: {unique_name}\ntask: {{type: tabular_classification, target: target}}\ndata: {{source: {{kind: tabular, path: data.csv}}}}\n"
+    )
+    output = invoke("ingest", "--project", str(tmp_path))
+    assert "2 of 178 rows have no 'target' and are left out" in output and "rows_without_target.csv" in output
+    (ingest,) = step_runs(tracking_server, unique_name, "ingest")
+    listed = MlflowClient(tracking_server).download_artifacts(ingest.info.run_id, "rows_without_target.csv", str(tmp_path))
+    assert len(Path(listed).read_text().splitlines()) == 3  # a header and the two rows

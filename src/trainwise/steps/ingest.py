@@ -15,7 +15,7 @@ import pandas as pd
 from trainwise.config import ProjectConfig, TabularSource
 from trainwise.data.manifest import OK, QUARANTINED, add_duplicate_groups, data_digest, duplicate_report, scan_images
 from trainwise.data.records import TRAIN, list_images
-from trainwise.data.table_quality import ERROR, Finding, table_findings
+from trainwise.data.table_quality import ERROR, WARNING, Finding, table_findings
 from trainwise.data.tables import load_source_table, read_table, table_digest
 from trainwise.errors import DataError
 from trainwise.paths import trainwise_home
@@ -170,6 +170,16 @@ def _ingest_table(cfg: ProjectConfig, run: StepRun) -> dict[str, Any]:
     run.log_metrics({"rows": len(frame), "columns": frame.shape[1], "findings": len(findings), "duplicate_rows": int(frame.duplicated().sum())})
     run.log_dataset(name=cfg.name, digest=digest, source=location, schema=schema["columns"], profile={"rows": len(frame)})
     run.set_description(_table_markdown(cfg, report))
+    unlabelled = frame[frame[target].isna()]
+    if len(unlabelled):  # left out of every split: say so where the user looks, not only in an artifact
+        run.log_frame(unlabelled.reset_index(), "rows_without_target.csv")
+        log.warning(
+            "%s: %d of %d rows have no %r and are left out; they are listed in rows_without_target.csv of the ingest run %s",
+            location, len(unlabelled), len(frame), target, run.url,
+        )  # fmt: skip
+    for finding in findings:
+        if finding.severity == WARNING and finding.check != "missing_target":
+            log.warning("%s: %s%s", location, f"{finding.column}: " if finding.column else "", finding.detail)
 
     errors = [f for f in findings if f.severity == ERROR]
     if errors:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +217,11 @@ def _interrupted_run(tracker: Tracker, step: str, key: str) -> str | None:
     for status in ("KILLED", "FAILED"):
         for candidate in tracker.search({"trainwise.step": step, TAG_CACHE_KEY: key}, status=status, max_results=5):
             if checkpoint_dir(candidate.info.run_id).joinpath("last.pt").is_file():
+                started = time.strftime("%Y-%m-%d %H:%M", time.localtime(candidate.info.start_time / 1000))
+                log.info(
+                    "--resume: continuing %s run %s (%s, started %s), the newest interrupted run with these inputs: %s",
+                    step, candidate.info.run_id, status, started, tracker.url_of(candidate),
+                )  # fmt: skip
                 return candidate.info.run_id
     raise TrackingError(
         f"--resume: no interrupted {step} run with a checkpoint for this config and data; "
