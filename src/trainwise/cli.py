@@ -144,6 +144,7 @@ def _tracker(cfg: ProjectConfig) -> Tracker:
     from trainwise.tracking import Tracker  # lazily: mlflow takes seconds to import, --help should not
 
     tracker = Tracker(cfg.name, ensure_tracking_uri())
+    tracker.flush_spools()  # what ended runs kept while the server was away
     tracker.end_orphaned_runs()  # runs whose process was killed outright: FAILED, not RUNNING forever
     return tracker
 

@@ -6,12 +6,16 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from tests.conftest import free_port
 from tests.helpers import invoke, step_runs
+from trainwise.server import LocalServer
 from trainwise.tracking import Tracker
 from trainwise.tracking.liveness import TAG_HEARTBEAT, TAG_OWNER_PID, Owner
 
@@ -19,6 +23,17 @@ REPO = Path(__file__).resolve().parents[2]
 DIGITS = str(REPO / "projects" / "digits")
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_server(tmp_path: Path, tracking_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalServer]:
+    """A server of the test's own, to stop and start; the session's server is the global URI again afterwards."""
+    server = LocalServer(tmp_path / "home", port=free_port())
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)  # restored after; Tracker() exports its own URI
+    yield server
+    server.stop()
+    mlflow.set_tracking_uri(tracking_server)
 
 
 def test_a_sigkilled_training_is_ended_failed_by_the_next_command(tracking_server: str, unique_name: str, session_home: Path) -> None:
@@ -139,3 +154,67 @@ def test_rows_without_a_target_are_a_console_warning_naming_the_list(tracking_se
     (ingest,) = step_runs(tracking_server, unique_name, "ingest")
     listed = MlflowClient(tracking_server).download_artifacts(ingest.info.run_id, "rows_without_target.csv", str(tmp_path))
     assert len(Path(listed).read_text().splitlines()) == 3  # a header and the two rows
+
+
+def test_an_outage_longer_than_the_clients_retries_loses_no_point(
+    own_server: LocalServer, unique_name: str, monkeypatch: pytest.MonkeyPatch, session_home: Path
+) -> None:
+    # The client's own retry budget made small (1 retry, no backoff, 2 s timeout): the outage below
+    # (the server stopped for 8 s) outlasts it several times over, as 2.5 minutes outlast the default.
+    for name, value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "TRAINWISE_SPOOL_RETRY_S": "0.5"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    server = own_server
+    url = server.status().url
+    assert url is not None
+    tracker = Tracker(unique_name, url)
+    produced: list[tuple[int, float]] = []
+
+    def log_for(seconds: float, run: object) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            step = len(produced)
+            run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)  # type: ignore[attr-defined]
+            produced.append((step, 1.0 / (step + 1)))
+            time.sleep(0.1)
+
+    with tracker.run("train") as run:
+        log_for(1.0, run)
+        server.stop()
+        log_for(8.0, run)  # the server is away
+        assert run.spool is not None and run.spool.away and run.spool.path.is_file()
+        server.start()
+        log_for(2.0, run)
+    client = MlflowClient(url)
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, "loss"))
+    assert history == produced  # every point, once
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert not run.spool.path.exists()
+
+
+def test_a_run_that_ends_during_the_outage_is_flushed_and_ended_by_the_next_command(
+    own_server: LocalServer, unique_name: str, monkeypatch: pytest.MonkeyPatch, session_home: Path
+) -> None:
+    for name, value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
+                        "TRAINWISE_SPOOL_RETRY_S": "0.2", "TRAINWISE_FLUSH_TIMEOUT_S": "1"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    server = own_server
+    url = server.status().url
+    assert url is not None
+    tracker = Tracker(unique_name, url)
+    with tracker.run("train") as run:
+        run.log_metrics({"loss": 1.0}, step=0)
+        server.stop()
+        run.log_metrics({"loss": 0.5}, step=1)
+    assert run.spool is not None and run.spool.path.is_file()  # kept, with its end status
+    server.start()
+    # The run's owner is this live process, so flush_spools would leave the spool to it. A later
+    # command sees an owner that has exited: the owner tag is pointed at one.
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    MlflowClient(url).set_tag(run.run_id, TAG_OWNER_PID, str(ended.pid))
+    assert Tracker(unique_name, url).flush_spools() == [run.run_id]
+    client = MlflowClient(url)
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")) == [(0, 1.0), (1, 0.5)]
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert not run.spool.path.exists()

@@ -28,9 +28,11 @@ __all__ = ["Run"]  # re-exported: steps type their runs without importing mlflow
 from mlflow.exceptions import MlflowException
 
 from trainwise.errors import Terminated, TrackingError
+from trainwise.paths import trainwise_home
 from trainwise.provenance import canonical_json, git_commit, package_versions
 from trainwise.server import TRACKING_URI_ENV, health
 from trainwise.tracking.liveness import HEARTBEAT, Owner, owner_gone
+from trainwise.tracking.spool import Batch, Spool, spool_files
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -130,10 +132,17 @@ class StepRun:
     name: str
     tracking_uri: str
     tags: dict[str, str] = field(default_factory=dict)
+    spool: Spool | None = field(default=None, repr=False)  # metrics, params, tags survive a server outage
 
     @property
     def url(self) -> str:
         return run_url(self.tracking_uri, self.experiment_id, self.run_id)
+
+    def _send(self, batch: Batch) -> None:
+        if self.spool is None:
+            self.client.log_batch(self.run_id, metrics=batch.metrics, params=batch.params, tags=batch.tags)
+        else:
+            self.spool.send(batch)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = []
@@ -144,26 +153,26 @@ class StepRun:
                 text = text[:_MAX_PARAM_LENGTH]
             items.append(Param(key, text))
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
+            self._send(Batch(params=items[i : i + _MAX_PARAMS_PER_BATCH]))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Many metrics in few HTTP calls (one call per metric per step measured 28-34% slower training)."""
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         for i in range(0, len(items), _MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=items[i : i + _MAX_METRICS_PER_BATCH])
+            self._send(Batch(metrics=items[i : i + _MAX_METRICS_PER_BATCH]))
 
     def log_metric_series(self, key: str, values: list[float], *, first_step: int) -> None:
         """One metric at consecutive steps, in as few calls as the server allows."""
         now = int(time.time() * 1000)
         items = [Metric(key, float(v), now, first_step + i) for i, v in enumerate(values)]
         for i in range(0, len(items), _MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=items[i : i + _MAX_METRICS_PER_BATCH])
+            self._send(Batch(metrics=items[i : i + _MAX_METRICS_PER_BATCH]))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         items = [RunTag(key, str(value)) for key, value in tags.items()]
         for i in range(0, len(items), _MAX_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=items[i : i + _MAX_TAGS_PER_BATCH])
+            self._send(Batch(tags=items[i : i + _MAX_TAGS_PER_BATCH]))
         self.tags.update({key: str(value) for key, value in tags.items()})
 
     def set_description(self, markdown: str) -> None:
@@ -329,6 +338,7 @@ class Tracker:
         else:
             run = self._open(step, tags=dict(tags or {}), parent=parent, run_name=run_name, join_env=join_env)
         log.info("%s run %s: %s", step, run.run_id, run.url)
+        run.spool = Spool(self.client, run.run_id, self.tracking_uri, spool_dir())
         HEARTBEAT.add(self.client, run.run_id)
         try:
             yield run
@@ -383,8 +393,19 @@ class Tracker:
         try:
             if exc is not None:
                 message = f"{type(exc).__name__}: {exc}".strip()
-                run.set_tags({TAG_ERROR: message[:5000]})
-                run.log_text("".join(traceback.format_exception(exc)), "error.txt")
+                run.set_tags({TAG_ERROR: message[:5000]})  # kept by the spool if the server is away
+                try:
+                    run.log_text("".join(traceback.format_exception(exc)), "error.txt")
+                except MlflowException as text_exc:  # an artifact is not spooled; the status below matters more
+                    log.warning("run %s: error.txt not logged: %s", run.run_id, str(text_exc).splitlines()[0][:200])
+            if run.spool is not None and not run.spool.drain():  # the end status waits for every point
+                run.spool.record_end(status)
+                log.error(
+                    "run %s: the tracking server at %s is still away; its last points and its end (%s) wait in %s, "
+                    "and the next trainwise command on this project sends them",
+                    run.run_id, self.tracking_uri, status, run.spool.path,
+                )  # fmt: skip
+                return
             self.client.set_terminated(run.run_id, status)
         except Exception as tracking_exc:  # noqa: BLE001 - reported, then the original goes on
             log.error("could not mark run %s as %s on %s: %s", run.run_id, status, self.tracking_uri, tracking_exc)
@@ -444,6 +465,27 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
         self.client.set_terminated(run_id, status)
 
+    def flush_spools(self) -> list[str]:
+        """Send what runs of processes that are gone left in the spool folder (the server was away when they
+        ended), and end those runs as they meant to. Returns the runs whose spool was sent."""
+        flushed = []
+        for path in spool_files(spool_dir()):
+            try:
+                run = self.client.get_run(path.stem)
+            except MlflowException:
+                continue  # another server's run (the spool folder is per home, not per server)
+            if run.info.status == "RUNNING" and owner_gone(run.data.tags) is None:
+                continue  # its owner is alive and sends it itself
+            spool = Spool.from_file(self.client, path, self.tracking_uri)
+            if not spool.drain(timeout=0):
+                continue
+            if spool.end_status is not None:
+                self.client.set_terminated(path.stem, spool.end_status)
+            path.unlink(missing_ok=True)
+            log.warning("sent what run %s kept while the server was away%s", path.stem, f"; it ended {spool.end_status}" if spool.end_status else "")
+            flushed.append(path.stem)
+        return flushed
+
     def end_orphaned_runs(self) -> list[str]:
         """End as FAILED this project's RUNNING runs whose owning process is gone (trainwise.tracking.liveness).
 
@@ -498,6 +540,11 @@ class Tracker:
             fetched = Path(self.client.download_artifacts(run_id, artifact_path, tmp))
             _rename_into_place(fetched, final)
         return final
+
+
+def spool_dir() -> Path:
+    """Where runs keep what the tracking server could not take (trainwise.tracking.spool)."""
+    return trainwise_home() / "spool"
 
 
 def _rename_into_place(source: Path, target: Path) -> None:
