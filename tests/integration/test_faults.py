@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -218,3 +220,46 @@ def test_a_run_that_ends_during_the_outage_is_flushed_and_ended_by_the_next_comm
     assert sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")) == [(0, 1.0), (1, 0.5)]
     assert client.get_run(run.run_id).info.status == "FINISHED"
     assert not run.spool.path.exists()
+
+
+def busy(server: str, name: str, step: str) -> bool:
+    """`step` is running and into its work: an epoch logged (train), a trial started (tune)."""
+    runs = step_runs(server, name, step)
+    if not runs or runs[0].info.status != "RUNNING":
+        return False
+    if step == "tune":
+        return bool(step_runs(server, name, "trial"))
+    return bool(MlflowClient(server).get_metric_history(runs[0].info.run_id, "val_loss"))
+
+
+@pytest.mark.parametrize(("sig", "step", "code"), [(signal.SIGINT, "tune", 130), (signal.SIGTERM, "train", 143)])
+def test_a_stopped_pipeline_exits_promptly_with_its_runs_ended(
+    tracking_server: str, unique_name: str, session_home: Path, tmp_path: Path, *, sig: signal.Signals, step: str, code: int
+) -> None:
+    # SIGINT goes to the whole process group, as Ctrl-C in a terminal sends it.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_server, "TRAINWISE_HOME": str(session_home)}
+    settings = f"name={unique_name} train.epochs=40 tune.epochs=40 checks.learning_curve_fractions=[]"
+    with (tmp_path / "run.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trainwise", "run", "--project", DIGITS, "--set", settings, "--dry-run"],
+            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    client = MlflowClient(tracking_server)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None and not busy(tracking_server, unique_name, step):
+        time.sleep(0.3)
+    assert process.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+    children = psutil.Process(process.pid).children(recursive=True)
+    stopped_at = time.monotonic()
+    os.killpg(process.pid, sig) if sig == signal.SIGINT else process.send_signal(sig)
+    assert process.wait(timeout=30) == code
+    took = time.monotonic() - stopped_at
+    output = (tmp_path / "run.log").read_text()
+    assert took < 10, f"exited {took:.1f} s after {sig.name}"
+    assert "Traceback" not in output, output[-3000:]
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    experiment = client.get_experiment_by_name(unique_name)
+    assert experiment is not None
+    left = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+    assert left == [], [(r.data.tags.get("trainwise.step"), r.info.run_id) for r in left]
+    assert {r.info.status for r in step_runs(tracking_server, unique_name, step)} == {"KILLED"}

@@ -36,7 +36,7 @@ from trainwise.config import ProjectConfig, flatten, with_overrides
 from trainwise.config.tune import CategoricalParam, FloatParam, IntParam
 from trainwise.data.loading import PreparedData
 from trainwise.engine import Callback, NonFiniteLossError, Trainer
-from trainwise.errors import ConfigError
+from trainwise.errors import ConfigError, Terminated
 from trainwise.evaluation import predict_split
 from trainwise.fitting import model_spec
 from trainwise.identity import user_content
@@ -68,8 +68,25 @@ PRUNERS = {
 }  # fmt: skip
 
 
+class _NoTracebackWhenStopped(logging.Filter):
+    """Optuna logs a trial ended by Ctrl-C or SIGTERM with the whole traceback; the user asked for the stop,
+    so its one line ("Trial 7 failed ... KeyboardInterrupt()") is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (KeyboardInterrupt, Terminated)):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_stopped_trials() -> None:
+    for handler in logging.getLogger("optuna").handlers:  # Optuna's own handler: its records do not propagate
+        if not any(isinstance(f, _NoTracebackWhenStopped) for f in handler.filters):
+            handler.addFilter(_NoTracebackWhenStopped())
+
+
 def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     require_passed_checks(ctx)
+    _quiet_stopped_trials()
     if not cfg.tune.space:
         raise ConfigError(f"{cfg.source_file}: tune.space is empty; name the settings to tune (see projects/digits/project.yaml)")
     data = load_prepared_data(cfg, ctx, cfg.tune.dataset)
