@@ -248,12 +248,29 @@ def server(ctx: click.Context, home: Path | None) -> None:
 @click.option("--port", default=DEFAULT_PORT, show_default=True, envvar="TRAINWISE_PORT", type=int, help="Env: TRAINWISE_PORT.")
 @click.option("--workers", default=1, show_default=True, type=int, help="uvicorn workers; >1 measured slower on small machines.")
 @click.option("--enable-job-execution", is_flag=True, help="MLflow's job runner (costs about 2 GB of RAM).")
+@click.option("--auth", is_flag=True, help="MLflow's basic-auth app: users, passwords, per-experiment permissions.")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without --auth (a network that is yours alone).")
+@click.option("--allowed-hosts", default=None, metavar="LIST", help="Host headers the server accepts, e.g. 'myhost,myhost:5000'.")
 @click.pass_obj
-def start(obj: dict[str, Any], host: str, port: int, workers: int, enable_job_execution: bool) -> None:
+def start(
+    obj: dict[str, Any], host: str, port: int, workers: int, enable_job_execution: bool, auth: bool, insecure: bool, allowed_hosts: str | None
+) -> None:
     """Start the server, or report the one already running."""
-    srv = LocalServer(obj["home"], host=host, port=port, workers=workers, enable_job_execution=enable_job_execution)
+    srv = LocalServer(
+        obj["home"], host=host, port=port, workers=workers, enable_job_execution=enable_job_execution,
+        auth=auth, insecure=insecure, allowed_hosts=allowed_hosts,
+    )  # fmt: skip
     status = srv.start()
     out.print(f"MLflow tracking server running at {status.url} (pid {status.pid}; log {status.log_file})", highlight=False)
+    if auth and (credentials := srv.admin_credentials()):
+        out.print(
+            f"basic auth on. Admin user {credentials[0]!r}; its password is in {srv.credentials_file} (readable only by you).\n"
+            f"Clients pass credentials through the environment:\n"
+            f"  export MLFLOW_TRACKING_URI={status.url} MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password>\n"
+            "Give others their own users (read-only by default) with MLflow's auth API: "
+            "mlflow.server.get_app_client('basic-auth', tracking_uri=...).create_user(...)",
+            highlight=False,
+        )
 
 
 @server.command()

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
+PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
+ADMIN_USER = "admin"
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class ServerState:
     backend_store_uri: str
     artifacts_destination: str
     log_file: str
+    auth: bool = False  # MLflow's basic-auth app: clients need credentials
 
     @property
     def url(self) -> str:
@@ -76,18 +82,26 @@ class LocalServer:
         port: int = DEFAULT_PORT,
         workers: int = 1,
         enable_job_execution: bool = False,
+        auth: bool = False,
+        insecure: bool = False,
+        allowed_hosts: str | None = None,
     ) -> None:
         self.home = (home or trainwise_home()).resolve()
         self.host = host
         self.port = port
         self.workers = workers
         self.enable_job_execution = enable_job_execution
+        self.auth = auth
+        self.insecure = insecure
+        self.allowed_hosts = allowed_hosts
         self.dir = self.home / "mlflow"
         self.pid_file = self.dir / "server.json"
         self.lock_file = self.dir / "server.lock"
         self.log_file = self.dir / "server.log"
         self.db_file = self.dir / "mlflow.db"
         self.artifacts_dir = self.dir / "artifacts"
+        self.auth_config = self.dir / "basic_auth.ini"
+        self.credentials_file = self.dir / "admin-credentials.json"  # 0600: the owner's, never a client's
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -156,6 +170,11 @@ class LocalServer:
 
     def _start(self, timeout: float) -> ServerStatus:
         state = self._live_state(clear_crashed=True)
+        if state is not None and self.auth and not state.auth:
+            raise ServerError(
+                f"the trainwise server at {state.url} (pid {state.pid}) runs without --auth; "
+                "stop it (`trainwise server stop`) and start it again with --auth"
+            )
         if state is not None:
             if not wait_healthy(state.url, timeout):
                 raise ServerError(
@@ -165,6 +184,12 @@ class LocalServer:
             log.info("tracking server already running at %s (pid %d)", state.url, state.pid)
             return self.status()
 
+        if not self.auth and not self.insecure and not _is_loopback(self.host):
+            raise ServerError(
+                f"--host {self.host} would let anyone who reaches this machine read and change every run and model. "
+                "Add --auth (MLflow's basic-auth: users, passwords and permissions), or say --insecure if the network "
+                "is yours alone"
+            )
         _require_free_port(self.host, self.port)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         backend = f"sqlite:///{self.db_file}"
@@ -176,8 +201,13 @@ class LocalServer:
             "--artifacts-destination", str(self.artifacts_dir),
             "--workers", str(self.workers),
         ]  # fmt: skip
+        if self.allowed_hosts:
+            command += ["--allowed-hosts", self.allowed_hosts]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(self.enable_job_execution).lower()}
         env.pop(TRACKING_URI_ENV, None)
+        if self.auth:
+            command += ["--app-name", "basic-auth"]
+            env.update(self._auth_env())
         with self.log_file.open("ab") as log_stream:
             # start_new_session: its own process group, so stop() reaches uvicorn's workers too,
             # and a Ctrl-C in the user's terminal does not take the server down with the step.
@@ -187,7 +217,7 @@ class LocalServer:
                 command, stdout=log_stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, cwd=self.dir, start_new_session=True,
             )  # fmt: skip
-        state = ServerState(process.pid, self.host, self.port, backend, str(self.artifacts_dir), str(self.log_file))
+        state = ServerState(process.pid, self.host, self.port, backend, str(self.artifacts_dir), str(self.log_file), self.auth)
         _write_atomic(self.pid_file, json.dumps(asdict(state), indent=2))
         log.info("starting MLflow tracking server at %s (pid %d, log %s)", state.url, process.pid, self.log_file)
 
@@ -219,6 +249,41 @@ class LocalServer:
         log.info("stopped tracking server at %s", state.url)
         return True
 
+    # -- authentication ------------------------------------------------------------------------------
+
+    def admin_credentials(self) -> tuple[str, str] | None:
+        """The admin user and password made on the first `--auth` start, None before one."""
+        try:
+            data = json.loads(self.credentials_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return data["username"], data["password"]
+
+    def _auth_env(self) -> dict[str, str]:
+        """MLflow's basic-auth app configured under this home: its user store, the admin, a session key.
+
+        The admin password is generated once and kept, readable only by this user, in
+        `credentials_file`; MLflow uses it only to create the admin on its first start.
+        """
+        if (credentials := self.admin_credentials()) is None:
+            credentials = (ADMIN_USER, secrets.token_urlsafe(18))
+            _write_private(self.credentials_file, json.dumps({"username": credentials[0], "password": credentials[1],
+                                                             "secret_key": secrets.token_hex(32)}, indent=2))  # fmt: skip
+        secret = json.loads(self.credentials_file.read_text()).get("secret_key") or secrets.token_hex(32)
+        _write_private(
+            self.auth_config,
+            "[mlflow]\n"
+            "default_permission = READ\n"  # users see runs; only owners and those granted more change them
+            f"database_uri = sqlite:///{self.dir / 'basic_auth.db'}\n"
+            f"admin_username = {credentials[0]}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+        )
+        return {
+            "MLFLOW_AUTH_CONFIG_PATH": str(self.auth_config),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": credentials[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secret,
+        }
+
     def ui_url(self) -> str:
         state = self._live_state()
         return state.url if state else f"http://{self.host}:{self.port}"
@@ -239,6 +304,10 @@ def ensure_tracking_uri(home: Path | None = None, port: int | None = None) -> st
     status = server.start()
     assert status.url is not None
     os.environ[TRACKING_URI_ENV] = status.url
+    state = server._live_state()
+    if state is not None and state.auth and USERNAME_ENV not in os.environ and (credentials := server.admin_credentials()):
+        # The server this user started with --auth: its admin credentials are theirs (the file is 0600).
+        os.environ[USERNAME_ENV], os.environ[PASSWORD_ENV] = credentials
     return status.url
 
 
@@ -262,6 +331,23 @@ def wait_healthy(url: str, timeout: float) -> bool:
 
 
 # -- process helpers ------------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Written readable by this user only (0600) from the first byte, then renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as stream:
+        stream.write(text)
+    tmp.replace(path)
 
 
 def _require_free_port(host: str, port: int) -> None:

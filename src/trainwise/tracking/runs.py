@@ -289,7 +289,15 @@ class Tracker:
         self.experiment_id = self._experiment(project)
 
     def _experiment(self, name: str) -> str:
-        experiment = self.client.get_experiment_by_name(name)
+        try:
+            experiment = self.client.get_experiment_by_name(name)
+        except MlflowException as exc:
+            if exc.get_http_status_code() in (401, 403):
+                raise TrackingError(
+                    f"the tracking server at {self.tracking_uri} refused us ({exc.get_http_status_code()}): it needs credentials. "
+                    "Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (the server's owner can create a user for you)"
+                ) from None
+            raise
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
                 raise TrackingError(
