@@ -253,7 +253,8 @@ def server(ctx: click.Context, home: Path | None) -> None:
 @click.option("--allowed-hosts", default=None, metavar="LIST", help="Host headers the server accepts, e.g. 'myhost,myhost:5000'.")
 @click.pass_obj
 def start(
-    obj: dict[str, Any], host: str, port: int, workers: int, enable_job_execution: bool, auth: bool, insecure: bool, allowed_hosts: str | None
+    obj: dict[str, Any], *, host: str, port: int, workers: int, enable_job_execution: bool, auth: bool, insecure: bool,
+    allowed_hosts: str | None,
 ) -> None:
     """Start the server, or report the one already running."""
     srv = LocalServer(
