@@ -208,6 +208,7 @@ class LocalServer:
         if self.auth:
             command += ["--app-name", "basic-auth"]
             env.update(self._auth_env())
+            self.dir.chmod(0o700)  # the user store (basic_auth.db) and the run database: this user's only
         with self.log_file.open("ab") as log_stream:
             # start_new_session: its own process group, so stop() reaches uvicorn's workers too,
             # and a Ctrl-C in the user's terminal does not take the server down with the step.

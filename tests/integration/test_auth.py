@@ -107,3 +107,8 @@ def test_a_public_address_without_auth_is_refused_unless_insecure(tmp_path: Path
         server.start()
     assert "--insecure" in str(refused.value)
     assert not server.pid_file.exists()
+    insecure = LocalServer(tmp_path / "home", host="0.0.0.0", port=free_port(), insecure=True)  # said explicitly
+    try:
+        assert insecure.start(timeout=120).running
+    finally:
+        insecure.stop()

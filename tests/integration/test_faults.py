@@ -19,7 +19,7 @@ from tests.conftest import free_port
 from tests.helpers import invoke, step_runs
 from trainwise.server import LocalServer
 from trainwise.tracking import Tracker
-from trainwise.tracking.liveness import TAG_HEARTBEAT, TAG_OWNER_PID, Owner
+from trainwise.tracking.liveness import TAG_HEARTBEAT, TAG_OWNER_PID, TAG_SUSPECT, Owner
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = str(REPO / "projects" / "digits")
@@ -87,7 +87,10 @@ def test_runs_of_another_host_end_only_when_their_heartbeat_is_stale(
     silent = open_run({**elsewhere, TAG_HEARTBEAT: f"{time.time() - 120:.0f}"})
     beating = open_run({**elsewhere, TAG_HEARTBEAT: f"{time.time() - 5:.0f}"})
     foreign = open_run({})  # opened by someone else's code: no owner, not ours to end
-    assert tracker.end_orphaned_runs() == [silent]
+    assert tracker.end_orphaned_runs() == []  # first look: noted, not ended (the server itself may have been away)
+    assert client.get_run(silent).data.tags[TAG_SUSPECT].startswith(client.get_run(silent).data.tags[TAG_HEARTBEAT] + "@")
+    client.set_tag(silent, TAG_SUSPECT, f"{client.get_run(silent).data.tags[TAG_HEARTBEAT]}@{time.time() - 3600:.0f}")
+    assert tracker.end_orphaned_runs() == [silent]  # still silent long after the first look
     assert client.get_run(silent).info.status == "FAILED"
     assert "no heartbeat" in client.get_run(silent).data.tags["trainwise.error"]
     assert client.get_run(beating).info.status == "RUNNING" and client.get_run(foreign).info.status == "RUNNING"
@@ -156,6 +159,8 @@ def test_rows_without_a_target_are_a_console_warning_naming_the_list(tracking_se
     (ingest,) = step_runs(tracking_server, unique_name, "ingest")
     listed = MlflowClient(tracking_server).download_artifacts(ingest.info.run_id, "rows_without_target.csv", str(tmp_path))
     assert len(Path(listed).read_text().splitlines()) == 3  # a header and the two rows
+    # The "run this next" hint names the project as the user gave it, not the default digits one.
+    assert f"next: trainwise understand --project {tmp_path}" in invoke("status", "--project", str(tmp_path))
 
 
 def test_an_outage_longer_than_the_clients_retries_loses_no_point(
@@ -263,3 +268,27 @@ def test_a_stopped_pipeline_exits_promptly_with_its_runs_ended(
     left = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
     assert left == [], [(r.data.tags.get("trainwise.step"), r.info.run_id) for r in left]
     assert {r.info.status for r in step_runs(tracking_server, unique_name, step)} == {"KILLED"}
+
+
+def test_a_spool_that_cannot_be_sent_is_set_aside_not_a_crash_of_every_command(
+    tracking_server: str, unique_name: str, session_home: Path
+) -> None:
+    from trainwise.tracking.runs import spool_dir
+
+    tracker = Tracker(unique_name, tracking_server)
+    client = MlflowClient(tracking_server)
+    cut_short = client.create_run(tracker.experiment_id).info.run_id
+    client.set_terminated(cut_short, "KILLED")
+    deleted = client.create_run(tracker.experiment_id).info.run_id
+    client.set_terminated(deleted, "KILLED")
+    client.delete_run(deleted)  # deleted in the UI while its points waited: the server refuses them
+    spool_dir().mkdir(parents=True, exist_ok=True)
+    batch = '{"metrics": [["loss", 0.5, 1000, 1]], "params": [], "tags": []}\n'
+    (spool_dir() / f"{cut_short}.jsonl").write_text(batch + '{"metrics": [["loss", 0.4')  # killed mid-write
+    (spool_dir() / f"{deleted}.jsonl").write_text(batch)
+
+    flushed = tracker.flush_spools()
+    assert cut_short in flushed and deleted not in flushed
+    assert [(m.step, m.value) for m in client.get_metric_history(cut_short, "loss")] == [(1, 0.5)]  # the whole line
+    assert (spool_dir() / "bad" / f"{deleted}.jsonl").is_file() and not (spool_dir() / f"{deleted}.jsonl").exists()
+    assert deleted not in tracker.flush_spools()  # set aside: not tried again by every command

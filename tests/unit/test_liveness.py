@@ -8,12 +8,12 @@ import time
 
 import psutil
 
-from trainwise.tracking.liveness import TAG_HEARTBEAT, Owner, owner_gone
+from trainwise.tracking.liveness import TAG_HEARTBEAT, TAG_SUSPECT, Owner, confirmed_silent, is_remote, owner_gone, suspect_mark
 
 
 def owner_tags(process: subprocess.Popen, **changes: object) -> dict[str, str]:
     me = Owner.this_process()
-    owner = Owner(me.host, me.boot, process.pid, psutil.Process(process.pid).create_time())
+    owner = Owner(me.host, me.boot, process.pid, psutil.Process(process.pid).create_time(), me.pidns)
     tags = owner.tags()
     tags.update({k: str(v) for k, v in changes.items()})
     return tags
@@ -52,10 +52,25 @@ def test_another_hosts_owner_is_judged_by_its_heartbeat() -> None:
     assert owner_gone(tags, timeout=300) is None
 
 
-def test_the_same_host_after_a_reboot_has_lost_the_owner() -> None:
+def test_another_boot_or_pid_namespace_is_judged_by_the_heartbeat_not_the_pid() -> None:
     me = Owner.this_process()
-    tags = Owner(me.host, "an-earlier-boot", me.pid, me.started).tags()  # even our own pid: it is another boot's
-    assert "restarted" in (owner_gone(tags) or "")
+    # Our own pid, but from another boot or another container's pid namespace: not this process.
+    for other in (Owner(me.host, "an-earlier-boot", me.pid, me.started, me.pidns), Owner(me.host, me.boot, me.pid, me.started, "other-ns")):
+        tags = other.tags()
+        assert is_remote(tags) and owner_gone(tags) is None  # a fresh heartbeat: alive as far as we can tell
+        tags[TAG_HEARTBEAT] = f"{time.time() - 1000:.0f}"
+        assert "no heartbeat" in (owner_gone(tags, timeout=300) or "")
+
+
+def test_a_stale_heartbeat_is_confirmed_only_after_a_second_look() -> None:
+    tags = {**Owner("elsewhere", "b", 1, 0.0).tags(), TAG_HEARTBEAT: "1000"}
+    assert not confirmed_silent(tags)  # never marked
+    tags[TAG_SUSPECT] = suspect_mark(tags)
+    assert not confirmed_silent(tags)  # marked just now
+    tags[TAG_SUSPECT] = f"1000@{time.time() - 3600:.0f}"
+    assert confirmed_silent(tags)  # marked an hour ago, no beat since
+    tags[TAG_HEARTBEAT] = f"{time.time():.0f}"
+    assert not confirmed_silent(tags)  # it beat after the server came back: alive
 
 
 def test_runs_without_an_owner_are_left_alone() -> None:

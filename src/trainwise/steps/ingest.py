@@ -172,7 +172,7 @@ def _ingest_table(cfg: ProjectConfig, run: StepRun) -> dict[str, Any]:
     run.set_description(_table_markdown(cfg, report))
     unlabelled = frame[frame[target].isna()]
     if len(unlabelled):  # left out of every split: say so where the user looks, not only in an artifact
-        run.log_frame(unlabelled.reset_index(), "rows_without_target.csv")
+        run.log_frame(unlabelled.assign(trainwise_row=unlabelled.index), "rows_without_target.csv")  # which rows
         log.warning(
             "%s: %d of %d rows have no %r and are left out; they are listed in rows_without_target.csv of the ingest run %s",
             location, len(unlabelled), len(frame), target, run.url,

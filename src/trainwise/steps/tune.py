@@ -360,7 +360,7 @@ def _end_runs_of_stale_trials(study: optuna.Study, tracker: Tracker) -> None:
         run = tracker.get_run(run_id)
         # RUNNING, or already FAILED by trainwise's own owner check (Tracker.end_orphaned_runs) but not
         # yet marked as a failed trial: a trial that raised was tagged when it failed.
-        if run.info.status == "RUNNING" or TAG_TRIAL_STATE not in run.data.tags:
+        if run.info.status == "RUNNING" or (TAG_TRIAL_STATE not in run.data.tags and run.data.tags.get("trainwise.orphaned") == "true"):
             reason = "its worker stopped sending heartbeats; the trial was retried"
             tracker.end_run(run_id, "FAILED", reason=reason, tags={TAG_TRIAL_STATE: "failed"})
 

@@ -6,7 +6,9 @@ boot, pid and the process's start time, which tells a recycled pid apart), and a
 owning process refreshes a heartbeat tag while the run is open. Any trainwise command on the
 project ends the runs whose owner is gone as FAILED, with the reason:
 - on this host (same hostname and boot): the owner's pid is dead or belongs to another process;
-- elsewhere: its heartbeat is older than TRAINWISE_HEARTBEAT_TIMEOUT_S (default 300 s).
+- elsewhere (another host, boot, container or pid namespace): its heartbeat is older than
+  TRAINWISE_HEARTBEAT_TIMEOUT_S (default 300 s) and still unchanged two heartbeat intervals after
+  a reaper first noted it, since a heartbeat also goes stale while the server itself was away.
 
 Tracking stays in this package: the heartbeat only needs a client and run ids.
 """
@@ -34,6 +36,8 @@ TAG_OWNER_BOOT = "trainwise.owner.boot"
 TAG_OWNER_PID = "trainwise.owner.pid"
 TAG_OWNER_STARTED = "trainwise.owner.started"  # the process's start time (unix s): a recycled pid has another
 TAG_HEARTBEAT = "trainwise.heartbeat"  # unix seconds of the owner's last beat
+TAG_OWNER_PIDNS = "trainwise.owner.pidns"  # the pid namespace: containers share hostname and boot, not pids
+TAG_SUSPECT = "trainwise.heartbeat_suspect"  # "<heartbeat seen>@<when>", set by a reaper before it ends a remote run
 HEARTBEAT_ENV = "TRAINWISE_HEARTBEAT_S"
 TIMEOUT_ENV = "TRAINWISE_HEARTBEAT_TIMEOUT_S"
 DEFAULT_HEARTBEAT_S = 30.0
@@ -66,16 +70,20 @@ class Owner:
     boot: str
     pid: int
     started: float
+    pidns: str = ""
 
     @classmethod
     def this_process(cls) -> Owner:
-        return cls(socket.gethostname(), _boot_id(), os.getpid(), _started(os.getpid()) or time.time())
+        return cls(socket.gethostname(), _boot_id(), os.getpid(), _started(os.getpid()) or time.time(), _pid_namespace())
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> Owner | None:
         """The owner recorded on a run; None for runs trainwise did not open (or opened before owners were kept)."""
         try:
-            return cls(tags[TAG_OWNER_HOST], tags.get(TAG_OWNER_BOOT, ""), int(tags[TAG_OWNER_PID]), float(tags[TAG_OWNER_STARTED]))
+            return cls(
+                tags[TAG_OWNER_HOST], tags.get(TAG_OWNER_BOOT, ""), int(tags[TAG_OWNER_PID]), float(tags[TAG_OWNER_STARTED]),
+                tags.get(TAG_OWNER_PIDNS, ""),
+            )  # fmt: skip
         except (KeyError, ValueError):
             return None
 
@@ -85,8 +93,33 @@ class Owner:
             TAG_OWNER_BOOT: self.boot,
             TAG_OWNER_PID: str(self.pid),
             TAG_OWNER_STARTED: f"{self.started:.2f}",
+            TAG_OWNER_PIDNS: self.pidns,
             TAG_HEARTBEAT: f"{time.time():.0f}",
         }
+
+    def same_process_space(self, other: Owner) -> bool:
+        """Whether a pid of `other` means the same process here: same host, boot and pid namespace."""
+        return self.host == other.host and bool(self.boot) and self.boot == other.boot and self.pidns == other.pidns
+
+
+def is_remote(tags: Mapping[str, str]) -> bool:
+    """Whether the run's owner can be judged only by its heartbeat (another machine, container or pid namespace)."""
+    owner = Owner.from_tags(tags)
+    return owner is not None and not owner.same_process_space(Owner.this_process())
+
+
+def suspect_mark(tags: Mapping[str, str]) -> str:
+    return f"{tags.get(TAG_HEARTBEAT, '')}@{time.time():.0f}"
+
+
+def confirmed_silent(tags: Mapping[str, str], *, now: float | None = None) -> bool:
+    """True when a reaper marked the run suspect at least two heartbeat intervals ago and no beat came since."""
+    seen, _, marked = tags.get(TAG_SUSPECT, "").rpartition("@")
+    try:
+        since = (time.time() if now is None else now) - float(marked)
+    except ValueError:
+        return False
+    return seen == tags.get(TAG_HEARTBEAT, "") and since >= 2 * heartbeat_interval()
 
 
 def owner_gone(tags: Mapping[str, str], *, now: float | None = None, timeout: float | None = None) -> str | None:
@@ -96,10 +129,8 @@ def owner_gone(tags: Mapping[str, str], *, now: float | None = None, timeout: fl
         return None
     me = Owner.this_process()
     where = f"pid {owner.pid} on {owner.host}"
-    if owner.host == me.host and owner.boot and owner.boot == me.boot:
+    if owner.same_process_space(me):
         return _gone_here(owner, where)
-    if owner.host == me.host and owner.boot and me.boot and owner.boot != me.boot:
-        return f"its process ({where}) is gone: the machine has restarted since"
     now = time.time() if now is None else now
     limit = heartbeat_timeout() if timeout is None else timeout
     try:
@@ -138,6 +169,14 @@ def _gone_here(owner: Owner, where: str) -> str | None:
 
 
 @cache
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:  # no /proc (macOS): one namespace
+        return ""
+
+
+@cache
 def _boot_id() -> str:
     """This boot of this machine: a pid from before a reboot names nothing now."""
     try:
@@ -161,6 +200,7 @@ class Heartbeat:
     def add(self, client: MlflowClient, run_id: str) -> None:
         with self._lock:
             self._runs[run_id] = client
+            self._wake.set()  # beat now, and take up a changed TRAINWISE_HEARTBEAT_S from here on
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="trainwise-heartbeat", daemon=True)
                 self._thread.start()
@@ -172,6 +212,7 @@ class Heartbeat:
     def _loop(self) -> None:
         while True:
             self._wake.wait(heartbeat_interval())
+            self._wake.clear()
             with self._lock:
                 runs = list(self._runs.items())
             if not runs:

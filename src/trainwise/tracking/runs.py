@@ -31,7 +31,7 @@ from trainwise.errors import Terminated, TrackingError
 from trainwise.paths import trainwise_home
 from trainwise.provenance import canonical_json, git_commit, package_versions
 from trainwise.server import TRACKING_URI_ENV, health
-from trainwise.tracking.liveness import HEARTBEAT, Owner, owner_gone
+from trainwise.tracking.liveness import HEARTBEAT, TAG_SUSPECT, Owner, confirmed_silent, is_remote, owner_gone, suspect_mark
 from trainwise.tracking.spool import Batch, Spool, spool_files
 
 if TYPE_CHECKING:
@@ -133,6 +133,7 @@ class StepRun:
     tracking_uri: str
     tags: dict[str, str] = field(default_factory=dict)
     spool: Spool | None = field(default=None, repr=False)  # metrics, params, tags survive a server outage
+    _missing: list[str] = field(default_factory=list, repr=False)  # artifacts left out during an outage
 
     @property
     def url(self) -> str:
@@ -180,17 +181,21 @@ class StepRun:
         self.set_tags({TAG_NOTE: markdown})
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        if self._artifacts_reach_server(artifact_file):
+            self.client.log_text(self.run_id, text, artifact_file)
 
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, data, artifact_file)
+        if self._artifacts_reach_server(artifact_file):
+            self.client.log_dict(self.run_id, data, artifact_file)
 
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"bbox_inches": "tight", "dpi": 110})
+        if self._artifacts_reach_server(artifact_file):
+            self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"bbox_inches": "tight", "dpi": 110})
 
     def log_table(self, table: pd.DataFrame, artifact_file: str) -> None:
         """A table the MLflow UI can show and compare across runs (artifact view)."""
-        self.client.log_table(self.run_id, table, artifact_file)
+        if self._artifacts_reach_server(artifact_file):
+            self.client.log_table(self.run_id, table, artifact_file)
 
     def log_frame(self, frame: pd.DataFrame, artifact_file: str) -> None:
         """A DataFrame as a .parquet or .csv artifact (by the file name's suffix)."""
@@ -201,10 +206,21 @@ class StepRun:
             else:
                 frame.to_csv(local, index=False)
             parent = str(Path(artifact_file).parent)
-            self.client.log_artifact(self.run_id, str(local), None if parent == "." else parent)
+            self.log_artifact(local, None if parent == "." else parent)
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+        if self._artifacts_reach_server(f"{artifact_path or '.'}/{local_path.name}"):
+            self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def _artifacts_reach_server(self, artifact_file: str) -> bool:
+        """False while the server is away (the spool holds this run's points): an artifact is not spooled,
+        so it is left out with a warning and listed in a tag, rather than the step waiting out retries and failing."""
+        if self.spool is None or not self.spool.away:
+            return True
+        self._missing.append(artifact_file)
+        log.warning("run %s: artifact %s not logged: the tracking server at %s is away", self.run_id, artifact_file, self.tracking_uri)
+        self.set_tags({"trainwise.artifacts_missing": ", ".join(self._missing)[:5000]})
+        return False
 
     def log_dataset(
         self,
@@ -256,7 +272,10 @@ class StepRun:
                 # end_run is what stops the monitor. It must leave the run RUNNING: the step goes on
                 # logging, and Tracker.run sets the final status (it also overwrites the end time
                 # this sets).
-                mlflow.end_run(status="RUNNING")
+                try:
+                    mlflow.end_run(status="RUNNING")
+                except MlflowException as exc:  # the server is away: the monitor stops all the same
+                    log.warning("system metrics of run %s: could not close the monitor's run: %s", self.run_id, str(exc).splitlines()[0][:200])
 
     def artifact_uri(self, artifact_file: str = "") -> str:
         return f"runs:/{self.run_id}/{artifact_file}"
@@ -266,6 +285,7 @@ class StepRun:
 # alone did not switch it in 3.17 (checked in headless Chromium), the query parameter does.
 _UI_MODE = "?workflowType=machine_learning"
 SYSTEM_METRICS_INTERVAL_S = 1.0
+STOPPED_FLUSH_S = 5.0  # how long a KILLED run's end waits for an absent server
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -339,10 +359,14 @@ class Tracker:
         `reopen` continues an ended run (a resumed training) instead of creating one.
         """
         if reopen is not None:
-            self.client.update_run(reopen, status="RUNNING")
             existing = self.client.get_run(reopen)
             run = StepRun(self.client, reopen, existing.info.experiment_id, existing.info.run_name or step, self.tracking_uri)
+            # The new owner before RUNNING: a reaper in between must not see the dead old owner of a live run.
             run.set_tags({"trainwise.resumed": "true", **Owner.this_process().tags(), **(tags or {})})
+            for stale in (TAG_ERROR, "trainwise.orphaned"):  # from the interruption, not about this run any more
+                if stale in existing.data.tags:
+                    self.client.delete_tag(reopen, stale)
+            self.client.update_run(reopen, status="RUNNING")
         else:
             run = self._open(step, tags=dict(tags or {}), parent=parent, run_name=run_name, join_env=join_env)
         log.info("%s run %s: %s", step, run.run_id, run.url)
@@ -390,13 +414,15 @@ class Tracker:
             experiment_id = parent.experiment_id if parent else self.experiment_id
             if parent is not None:
                 base_tags[TAG_PARENT] = parent.run_id
-            created = self.client.create_run(experiment_id, run_name=name)
+            # Tags in the create call: a run must never exist without its owner (the reaper could not end it).
+            created = self.client.create_run(experiment_id, run_name=name, tags=base_tags)
             run = StepRun(self.client, created.info.run_id, experiment_id, name, self.tracking_uri)
+            run.tags.update(base_tags)
+            return run
         run.set_tags(base_tags)
         return run
 
     def _end(self, run: StepRun, status: str, exc: BaseException | None = None) -> None:
-        HEARTBEAT.remove(run.run_id)
         # Never let a tracking failure here hide the exception that ended the step.
         try:
             if exc is not None:
@@ -404,9 +430,12 @@ class Tracker:
                 run.set_tags({TAG_ERROR: message[:5000]})  # kept by the spool if the server is away
                 try:
                     run.log_text("".join(traceback.format_exception(exc)), "error.txt")
-                except MlflowException as text_exc:  # an artifact is not spooled; the status below matters more
+                except MlflowException as text_exc:  # the server went away just now: the status below matters more
                     log.warning("run %s: error.txt not logged: %s", run.run_id, str(text_exc).splitlines()[0][:200])
-            if run.spool is not None and not run.spool.drain():  # the end status waits for every point
+            # The end status waits for every point; a stopped run (Ctrl-C, SIGTERM: a grace period is
+            # running out) waits briefly and leaves the rest to the next command.
+            timeout = STOPPED_FLUSH_S if status == "KILLED" else None
+            if run.spool is not None and not run.spool.drain(timeout):
                 run.spool.record_end(status)
                 log.error(
                     "run %s: the tracking server at %s is still away; its last points and its end (%s) wait in %s, "
@@ -419,6 +448,8 @@ class Tracker:
             log.error("could not mark run %s as %s on %s: %s", run.run_id, status, self.tracking_uri, tracking_exc)
         else:
             log.info("%s run %s ended %s", run.name, run.run_id, status)
+        finally:
+            HEARTBEAT.remove(run.run_id)  # only now: a long flush must not look like a dead owner
 
     # -- finding runs ----------------------------------------------------------------------------
 
@@ -484,8 +515,17 @@ class Tracker:
                 continue  # another server's run (the spool folder is per home, not per server)
             if run.info.status == "RUNNING" and owner_gone(run.data.tags) is None:
                 continue  # its owner is alive and sends it itself
-            spool = Spool.from_file(self.client, path, self.tracking_uri)
-            if not spool.drain(timeout=0):
+            try:
+                spool = Spool.from_file(self.client, path, self.tracking_uri)
+                if not spool.drain(timeout=0):
+                    continue
+            except (MlflowException, OSError, ValueError, KeyError, TypeError) as exc:
+                # Refused by the server (e.g. the run was deleted) or unreadable: set aside, never retried by
+                # every command, and said once.
+                bad = path.parent / "bad"
+                bad.mkdir(exist_ok=True)
+                os.replace(path, bad / path.name)
+                log.warning("run %s: its spool could not be sent (%s); moved to %s", path.stem, str(exc).splitlines()[0][:200], bad / path.name)
                 continue
             if spool.end_status is not None:
                 self.client.set_terminated(path.stem, spool.end_status)
@@ -504,6 +544,12 @@ class Tracker:
         for run in list(self.search({}, status="RUNNING")):
             reason = owner_gone(run.data.tags)
             if reason is None:
+                continue
+            if is_remote(run.data.tags) and not confirmed_silent(run.data.tags):
+                # A stale heartbeat may only mean the server was away: its owner's heartbeat thread has not
+                # been heard since. Noted now, ended only if the heartbeat is still unchanged a while later.
+                self.client.set_tag(run.info.run_id, TAG_SUSPECT, suspect_mark(run.data.tags))
+                log.info("run %s: no heartbeat for a while; it is ended if none arrives soon (%s)", run.info.run_id, reason)
                 continue
             step = run.data.tags.get(TAG_STEP, "?")
             message = f"ended by trainwise: {reason}"

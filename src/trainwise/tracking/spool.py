@@ -96,10 +96,14 @@ class Spool:
     def from_file(cls, client: MlflowClient, path: Path, tracking_uri: str) -> Spool:
         """A spool another process left behind: its batches, and the end status it could not send."""
         spool = cls(client, path.stem, tracking_uri, path.parent)
-        for line in path.read_text().splitlines():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except ValueError:  # a last line cut short by a kill mid-write: it was never complete
+                log.warning("%s: line %d is incomplete and is skipped", path, number)
+                continue
             if "end" in record:
                 spool.end_status = record["end"]
             else:
@@ -121,8 +125,8 @@ class Spool:
             try:
                 self._post(batch)
             except MlflowException as exc:
-                if health(self.tracking_uri, timeout=2.0):
-                    raise  # the server answers: this call itself was refused
+                if _refused(exc) and health(self.tracking_uri, timeout=2.0):
+                    raise  # the server answers and turned this call down (a bad value, a deleted run)
                 self._went_away(exc)
                 self._keep(batch)
 
@@ -188,7 +192,7 @@ class Spool:
                 self._post(batch)
                 sent += 1
         except MlflowException as exc:
-            if health(self.tracking_uri, timeout=2.0):
+            if _refused(exc) and health(self.tracking_uri, timeout=2.0):
                 raise
             log.debug("run %s: the server went away again after %d batches: %s", self.run_id, sent, exc)
         finally:
@@ -222,6 +226,13 @@ class Spool:
     @staticmethod
     def _retry_s() -> float:
         return _env_float(RETRY_ENV, 5.0)
+
+
+def _refused(exc: MlflowException) -> bool:
+    """A 4xx answer (other than 429): the call itself is wrong, and sending it again will not help.
+    Connection errors, timeouts, 5xx and 429 mean the server is away or overloaded: keep the batch."""
+    code = exc.get_http_status_code()
+    return 400 <= code < 500 and code != 429
 
 
 def spool_files(folder: Path) -> list[Path]:
