@@ -163,18 +163,23 @@ def test_rows_without_a_target_are_a_console_warning_naming_the_list(tracking_se
     assert f"next: trainwise understand --project {tmp_path}" in invoke("status", "--project", str(tmp_path))
 
 
+def outage_tracker(server: LocalServer, name: str, monkeypatch: pytest.MonkeyPatch, **settings: str) -> tuple[str, Tracker]:
+    """A tracker on `server` with the client's retry budget cut down (2 s timeout plus `settings`)."""
+    for key, value in {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2", **settings}.items():
+        monkeypatch.setenv(key, value)
+    url = server.status().url
+    assert url is not None
+    return url, Tracker(name, url)
+
+
 def test_an_outage_longer_than_the_clients_retries_loses_no_point(
     own_server: LocalServer, unique_name: str, monkeypatch: pytest.MonkeyPatch, session_home: Path
 ) -> None:
     # The client's own retry budget made small (1 retry, no backoff, 2 s timeout): the outage below
     # (the server stopped for 8 s) outlasts it several times over, as 2.5 minutes outlast the default.
-    for name, value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
-                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "TRAINWISE_SPOOL_RETRY_S": "0.5"}.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
     server = own_server
-    url = server.status().url
-    assert url is not None
-    tracker = Tracker(unique_name, url)
+    url, tracker = outage_tracker(server, unique_name, monkeypatch, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+                                  MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0", TRAINWISE_SPOOL_RETRY_S="0.5")  # fmt: skip
     produced: list[tuple[int, float]] = []
 
     def log_for(seconds: float, run: object) -> None:
@@ -202,13 +207,9 @@ def test_an_outage_longer_than_the_clients_retries_loses_no_point(
 def test_a_run_that_ends_during_the_outage_is_flushed_and_ended_by_the_next_command(
     own_server: LocalServer, unique_name: str, monkeypatch: pytest.MonkeyPatch, session_home: Path
 ) -> None:
-    for name, value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
-                        "TRAINWISE_SPOOL_RETRY_S": "0.2", "TRAINWISE_FLUSH_TIMEOUT_S": "1"}.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
     server = own_server
-    url = server.status().url
-    assert url is not None
-    tracker = Tracker(unique_name, url)
+    url, tracker = outage_tracker(server, unique_name, monkeypatch, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+                                  TRAINWISE_SPOOL_RETRY_S="0.2", TRAINWISE_FLUSH_TIMEOUT_S="1")  # fmt: skip
     with tracker.run("train") as run:
         run.log_metrics({"loss": 1.0}, step=0)
         server.stop()
