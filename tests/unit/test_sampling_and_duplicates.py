@@ -1,4 +1,4 @@
-"""Stratified samples, group-aware splits, duplicate grouping and table findings."""
+"""Stratified samples, group-aware splits and table findings (near duplicates: test_near_duplicates.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from trainwise.checks.representativeness import total_variation
-from trainwise.data.duplicates import duplicate_groups, exact_groups, near_pairs
 from trainwise.data.sampling import MIN_PER_CLASS, group_split, strata, stratified_sample
 from trainwise.data.table_quality import table_findings
 
@@ -67,24 +66,6 @@ def test_total_variation() -> None:
     assert total_variation({"a": 5, "b": 5}, {"a": 1, "b": 1}) == 0
     assert total_variation({"a": 1}, {"b": 1}) == 1
     assert total_variation({"a": 3, "b": 1}, {"a": 1, "b": 1}) == pytest.approx(0.25)
-
-
-def test_near_pairs_match_brute_force() -> None:
-    rng = np.random.default_rng(1)
-    hashes = [int(h) for h in rng.integers(0, 2**20, 400)]
-    found = {tuple(sorted(p)) for p in near_pairs(hashes, 3)}
-    expected = {(i, j) for i in range(400) for j in range(i + 1, 400) if (hashes[i] ^ hashes[j]).bit_count() <= 3}
-    groups = duplicate_groups([str(i) for i in range(400)], hashes, 3)
-    for i, j in expected:
-        assert groups[i] == groups[j]
-    assert found <= expected | {tuple(sorted(p)) for p in found if (hashes[p[0]] ^ hashes[p[1]]).bit_count() <= 3}
-
-
-def test_exact_and_full_width_hashes() -> None:
-    assert exact_groups(["a", "b", "a", "c", "b"]).tolist() == [0, 1, 0, 3, 1]
-    top = 2**64 - 1
-    groups = duplicate_groups(["1", "2", "3", "4"], [top, top ^ 0b11, 0, None], 2)
-    assert groups.tolist() == [0, 0, 2, 3]  # 64-bit values; None never matches
 
 
 def test_table_findings_name_their_columns() -> None:

@@ -120,4 +120,18 @@ class DataConfig(Section):
     source: Source
     max_bad_fraction: float = Field(0.01, ge=0, le=1, description="ingest fails when more than this share of files is bad")
     max_image_pixels: int = Field(40_000_000, gt=0, description="larger images are quarantined (decompression bombs)")
-    near_duplicate_distance: int = Field(4, ge=0, le=64, description="max Hamming distance of perceptual hashes for near duplicates")
+    near_duplicate_similarity: float = Field(
+        0.97, gt=0, le=1,
+        description="near duplicates: the pixel correlation (of 32x32 thumbnails and of their detail) a pair must reach; "
+        "stricter for images under 32 px",
+    )  # fmt: skip
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values: object) -> object:
+        if isinstance(values, dict) and "near_duplicate_distance" in values:
+            raise ValueError(
+                "data.near_duplicate_distance (a perceptual-hash distance) is gone: near duplicates are now verified "
+                "by pixel correlation. Remove it, or set data.near_duplicate_similarity (default 0.97; higher is stricter)."
+            )
+        return values

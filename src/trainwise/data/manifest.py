@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from trainwise.data.content import Stat, file_stat
-from trainwise.data.duplicates import duplicate_groups, exact_groups
+from trainwise.data.duplicates import duplicate_groups, exact_groups, signature
 from trainwise.data.images import UNREADABLE, ImageProblem, read_image
 from trainwise.data.records import ImageListing, ImageRecord
 
@@ -34,10 +34,10 @@ MANIFEST_COLUMNS = [
     "id", "path", "label", "split", "sha256", "dhash", "width", "height", "channels", "mode", "bytes", "format",
     *PIXEL_STATS, "status", "reason", "detail",
 ]  # fmt: skip
-_SCAN_FIELDS = MANIFEST_COLUMNS[4:]
-# Below this side a 64-bit perceptual hash mostly encodes the class shape, not the image: 8x8
-# digits of one class fall within 4 bits of each other. Smaller images are matched exactly only.
-MIN_SIDE_FOR_NEAR_DUPLICATES = 16
+# The near-duplicate signature (data/duplicates.py) travels with the scan and its cache but is
+# not part of the logged manifest: add_duplicate_groups consumes it.
+SIGNATURE = "signature"
+_SCAN_FIELDS = [*MANIFEST_COLUMNS[4:], SIGNATURE]
 
 
 def scan_images(listing: ImageListing, *, channels: int, max_pixels: int, cache_file: Path | None = None) -> pd.DataFrame:
@@ -59,13 +59,13 @@ def scan_images(listing: ImageListing, *, channels: int, max_pixels: int, cache_
             for i, row in tqdm(zip(todo, results, strict=True), total=len(todo), desc="ingest", unit="img", mininterval=1.0):
                 rows[i] = row
     log.info("scanned %d images (%d from the hash cache)", len(rows), len(rows) - len(todo))
-    manifest = pd.DataFrame([r for r in rows if r is not None], columns=MANIFEST_COLUMNS)
+    manifest = pd.DataFrame([r for r in rows if r is not None], columns=[*MANIFEST_COLUMNS, SIGNATURE])
     rejected = [
         {"id": Path(relpath).stem, "path": relpath, "label": None, "split": None, "status": QUARANTINED, "reason": reason, "detail": detail}
         for relpath, reason, detail in listing.rejected
     ]
     if rejected:
-        manifest = pd.concat([manifest, pd.DataFrame(rejected, columns=MANIFEST_COLUMNS)], ignore_index=True)
+        manifest = pd.concat([manifest, pd.DataFrame(rejected, columns=[*MANIFEST_COLUMNS, SIGNATURE])], ignore_index=True)
     if cache_file is not None:
         _save_cache(cache_file, listing.records, stats, rows)
     return manifest
@@ -87,7 +87,7 @@ def _scan_one(record: ImageRecord, channels: int, max_pixels: int) -> dict:
     return {
         **row, "sha256": info.sha256, "dhash": info.dhash, "width": info.width, "height": info.height,
         "channels": info.channels, "mode": info.mode, "bytes": info.bytes, "format": info.format,
-        **pixel_stats(pixels), "status": OK, "reason": None, "detail": None,
+        **pixel_stats(pixels), "status": OK, "reason": None, "detail": None, SIGNATURE: signature(pixels),
     }  # fmt: skip
 
 
@@ -124,7 +124,9 @@ def _load_cache(cache_file: Path | None) -> dict[tuple[str, int, int, int, int],
     return {
         (row["path"], int(row["size"]), int(row["mtime_ns"]), int(row["ctime_ns"]), int(row["inode"])): {k: row[k] for k in _SCAN_FIELDS}
         for row in frame.to_dict("records")
-        if "ctime_ns" in row  # a cache from before ctime was kept cannot tell a rewrite: rescan
+        # A cache from before ctime was kept cannot tell a rewrite, and one from before signatures
+        # cannot verify near duplicates: rescan those files rather than group them without.
+        if "ctime_ns" in row and (row.get(SIGNATURE) is not None or row.get("status") != OK)
     }
 
 
@@ -141,43 +143,52 @@ def _save_cache(cache_file: Path, records: list[ImageRecord], stats: list[Stat],
     tmp.replace(cache_file)
 
 
-def add_duplicate_groups(manifest: pd.DataFrame, max_distance: int) -> pd.DataFrame:
-    """Columns dup_group (shared by exact and near duplicates), exact_dup and near_dup (usable rows only)."""
+def add_duplicate_groups(manifest: pd.DataFrame, min_similarity: float) -> pd.DataFrame:
+    """Columns dup_group (exact and verified near duplicates), exact_dup and near_dup (usable rows only).
+
+    Consumes the scan's signature column: the manifest that is returned and logged has none.
+    """
     manifest = manifest.copy()
     usable = manifest["status"] == OK
     part = manifest[usable]
-    big_enough = part[["width", "height"]].min(axis=1) >= MIN_SIDE_FOR_NEAR_DUPLICATES
-    hashes = [int(h, 16) if ok else None for h, ok in zip(part["dhash"], big_enough, strict=True)]
-    groups = duplicate_groups(list(part["sha256"]), hashes, max_distance)
+    signatures = list(part[SIGNATURE]) if SIGNATURE in part else None
+    sizes = list(zip(part["width"].astype(int), part["height"].astype(int), strict=True))
+    groups = duplicate_groups(list(part["sha256"]), signatures, sizes, min_similarity=min_similarity)
     exact = exact_groups(list(part["sha256"]))
     index = part.index.to_numpy()
     manifest["dup_group"] = pd.array([pd.NA] * len(manifest), dtype="Int64")
     manifest.loc[index, "dup_group"] = index[groups]
-    sizes = pd.Series(groups).map(pd.Series(groups).value_counts()).to_numpy()
     exact_sizes = pd.Series(exact).map(pd.Series(exact).value_counts()).to_numpy()
+    # near_dup: the item's group holds another file with different bytes (an exact copy may be both).
+    distinct = pd.Series(part["sha256"].to_numpy()).groupby(groups).transform("nunique").to_numpy()
     manifest["exact_dup"] = False
     manifest["near_dup"] = False
     manifest.loc[index, "exact_dup"] = exact_sizes > 1
-    manifest.loc[index, "near_dup"] = (sizes > 1) & ~(exact_sizes > 1)
-    return manifest
+    manifest.loc[index, "near_dup"] = distinct > 1
+    return manifest.drop(columns=[SIGNATURE], errors="ignore")
 
 
 def duplicate_report(manifest: pd.DataFrame) -> pd.DataFrame:
-    """One row per duplicate group: its size, members, labels and whether the labels conflict."""
-    grouped = manifest.dropna(subset=["dup_group"]).groupby("dup_group")
+    """One row per duplicate group: its size, members, labels and whether the labels conflict.
+
+    Exact copies (one sha256) are always rows of their own, kind "exact", even where they also
+    belong to a near-duplicate group; a "near" row lists a group of files with different bytes.
+    """
+    usable = manifest.dropna(subset=["dup_group"])
     rows = []
-    for group, members in grouped:
-        if len(members) < 2:
-            continue
-        labels = sorted({str(x) for x in members["label"].dropna()})
-        rows.append({
-            "group": int(group),
-            "size": len(members),
-            "kind": "exact" if members["sha256"].nunique() == 1 else "near",
-            "labels": "|".join(labels),
-            "conflicting_labels": len(labels) > 1,
-            "paths": "|".join(members["path"]),
-        })  # fmt: skip
+    for kind, key in (("exact", "sha256"), ("near", "dup_group")):
+        for _, members in usable.groupby(key, sort=False):
+            if len(members) < 2 or (kind == "near" and members["sha256"].nunique() < 2):
+                continue
+            labels = sorted({str(x) for x in members["label"].dropna()})
+            rows.append({
+                "group": int(members["dup_group"].iloc[0]),
+                "size": len(members),
+                "kind": kind,
+                "labels": "|".join(labels),
+                "conflicting_labels": len(labels) > 1,
+                "paths": "|".join(members["path"]),
+            })  # fmt: skip
     return pd.DataFrame(rows, columns=["group", "size", "kind", "labels", "conflicting_labels", "paths"])
 
 

@@ -45,7 +45,7 @@ def _ingest_images(cfg: ProjectConfig, run: StepRun) -> dict[str, Any]:
         max_pixels=cfg.data.max_image_pixels,
         cache_file=trainwise_home() / "cache" / "hashes" / f"{key}.parquet",
     )
-    manifest = add_duplicate_groups(manifest, cfg.data.near_duplicate_distance)
+    manifest = add_duplicate_groups(manifest, cfg.data.near_duplicate_similarity)
     usable = manifest[manifest["status"] == OK]
     bad = manifest[manifest["status"] == QUARANTINED]
     duplicates = duplicate_report(manifest)
@@ -96,7 +96,7 @@ def _image_report(manifest: pd.DataFrame, duplicates: pd.DataFrame, cfg: Project
         "exact_duplicate_groups": int((duplicates["kind"] == "exact").sum()),
         "near_duplicate_groups": int((duplicates["kind"] == "near").sum()),
         "conflicting_label_groups": int(duplicates["conflicting_labels"].sum()),
-        "items_in_duplicate_groups": int(duplicates["size"].sum()),
+        "items_in_duplicate_groups": int((usable["exact_dup"] | usable["near_dup"]).sum()),
     }
     return {
         "counts": counts,
