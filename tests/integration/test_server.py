@@ -276,18 +276,39 @@ def test_a_restart_right_after_a_crash_is_not_refused_for_time_wait_sockets(serv
     # TIME-WAIT for a minute. A port check without SO_REUSEADDR took that as another process.
     first = server.start()
     assert first.pid is not None
-    connection = _hold_connection(first.url)
+    connections = [_hold_connection(first.url) for _ in range(4)]  # one is enough; several make it certain
     _kill_group(first.pid, signal.SIGKILL)
     while _group_alive(first.pid):
         time.sleep(0.05)
-    connection.close()
-    time.sleep(0.2)  # the kernel moves the server's end to TIME-WAIT once the client's FIN arrives
+    for connection in connections:
+        connection.close()
+    # The kernel moves the server's end to TIME-WAIT once the client's FIN arrives, but not every
+    # time (about half the runs here): make sure of one the same way, a server end closed first.
+    deadline = time.monotonic() + 2
+    while not _time_wait_on(server.port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not _time_wait_on(server.port):
+        _leave_time_wait(server.port)
     assert _time_wait_on(server.port), "the test needs a TIME-WAIT socket on the port to mean anything"
     assert server.start(timeout=60).healthy
 
 
 def _members(pgid: int) -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid(int(p.name)) == pgid and _alive(int(p.name))]
+
+
+def _leave_time_wait(port: int) -> None:
+    """A connection on 127.0.0.1:port whose server end closes first, so that end stays in TIME-WAIT."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(1)
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()
+        client.recv(1)  # the server's FIN
+        client.close()
+    time.sleep(0.1)
 
 
 def _time_wait_on(port: int) -> bool:
