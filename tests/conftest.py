@@ -8,6 +8,7 @@ project name per test so runs and step caches of different tests never meet.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,13 @@ from pathlib import Path
 import pytest
 
 from trainwise.server import LocalServer
+
+# A suite started in the background by a non-interactive shell (`cmd &` in a script) inherits
+# SIGINT ignored, and so would every process it starts: the Ctrl-C tests then fail for a reason
+# that is not trainwise's (the signal never arrives). A handler, unlike SIG_IGN, is reset to the
+# default in each started program, so this gives them the SIGINT a terminal would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 
