@@ -48,8 +48,9 @@ def curves(
     return fig
 
 
-def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, normalize: bool, title: str = "Confusion matrix") -> Figure:
-    """Counts (or row shares) of true class (rows) against predicted class (columns)."""
+def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, normalize: bool, title: str = "Confusion matrix",
+                     xlabel: str = "predicted", ylabel: str = "true") -> Figure:
+    """Counts (or row shares) of true class (rows) against predicted class (columns), or any other two labelings."""
     values = np.asarray(matrix, dtype=float)
     if normalize:
         values = values / np.clip(values.sum(axis=1, keepdims=True), 1, None)
@@ -58,7 +59,7 @@ def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, normalize: b
     fig = _figure(side + 1.2, side)
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(values.max(), 1))
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class" if normalize else "items")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=f"share of the {ylabel} class" if normalize else "items")
     ticks = np.arange(n)
     step = max(1, n // 30)  # past 30 classes, label every step-th tick so names stay legible
     ax.set_xticks(ticks[::step], [_text(c, 16) for c in classes][::step], rotation=90, fontsize=7 if n > 15 else 9)
@@ -68,8 +69,8 @@ def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, normalize: b
             for j in range(n):
                 text = f"{values[i, j]:.2f}" if normalize else f"{int(values[i, j])}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if values[i, j] > 0.6 * (values.max() or 1) else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     _head(fig, title + (" (normalised by row)" if normalize else ""), f"{int(np.asarray(matrix).sum()):,} items")
     return fig
 

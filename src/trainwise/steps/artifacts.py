@@ -17,6 +17,7 @@ REPRESENTATIVENESS = "representativeness.json"  # sample-vs-full checks
 
 # prepare -> check, train, tune
 SPLITS = "splits.parquet"  # id -> train/val/test, for the full data and the sample
+CLASS_SIZES = "class_sizes.json"  # the smallest class per training split, a check row carried into check
 NORMALIZATION = "normalization.json"  # per-channel mean/std from the training split
 PREPROCESSING = "preprocessing.json"  # what the served model must do to raw inputs
 CACHE_INFO = "cache.json"  # the decoded cache's key, size, channels and data digest (found or rebuilt by key)

@@ -12,11 +12,13 @@ import logging
 from typing import Any
 
 import pandas as pd
+import torch
 
 from trainwise.checks import CheckResult, summary
+from trainwise.checks.labels import image_features, label_issue_checks
 from trainwise.checks.pipeline import CheckSetup, run_pipeline_checks
 from trainwise.config import ProjectConfig
-from trainwise.data.loading import image_transforms
+from trainwise.data.loading import PreparedData, image_transforms
 from trainwise.datacard import CardSection, render_html
 from trainwise.fitting import build_model, engine_config
 from trainwise.steps import artifacts
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CHECKS = "checks.json"
 REPORT = "check_report.html"
+LABEL_ISSUES = "label_issues.csv"  # suspected label errors of the sample, worst first
 
 
 def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
@@ -49,7 +52,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         pretrained=init is not None,
         freeze_backbone=cfg.model.freeze_backbone_epochs > 0,
     )
-    results = run_pipeline_checks(setup) + carried_over(cfg, ctx)
+    results = run_pipeline_checks(setup) + label_checks(cfg, run, data) + carried_over(cfg, ctx)
     passed = all(r.passed for r in results)
 
     rows = pd.DataFrame([r.to_dict() for r in results]).drop(columns=["extra"], errors="ignore")
@@ -70,6 +73,28 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     return {"passed": passed, "checks": summary(results), "failed": [r.name for r in results if not r.passed]}
 
 
+def label_checks(cfg: ProjectConfig, run: StepRun, data: PreparedData) -> list[CheckResult]:
+    """Confident learning on the sample's labelled items (train and validation); suspects logged as label_issues.csv."""
+    if not cfg.task.is_classification:
+        return []
+    names = [name for name in ("train", "val") if name in data.splits]
+    x = torch.cat([data.splits[name].x for name in names])
+    labels = torch.cat([data.splits[name].y for name in names]).numpy()
+    ids = [i for name in names for i in data.ids[name]]
+    audit = label_issue_checks(
+        image_features(x) if data.is_image else x.float().numpy(),
+        labels,
+        data.classes,
+        max_share=cfg.checks.max_label_issue_share,
+        max_class_share=cfg.checks.max_class_label_issue_share,
+        seed=cfg.sample.seed,
+        images=x.permute(0, 2, 3, 1).numpy() if data.is_image else None,
+    )
+    suspects = audit.suspects.assign(id=[ids[p] for p in audit.suspects["position"]]).drop(columns=["position"])
+    run.log_frame(suspects[["id", "given", "suggested", "label_quality"]], LABEL_ISSUES)
+    return audit.results
+
+
 def carried_over(cfg: ProjectConfig, ctx: StepContext) -> list[CheckResult]:
     """The data checks of earlier steps, as rows of this report (so one table says whether to train)."""
     results = []
@@ -86,7 +111,7 @@ def carried_over(cfg: ProjectConfig, ctx: StepContext) -> list[CheckResult]:
                 "see quarantine.csv of the ingest run",
             )
         )
-    for step, name in (("prepare", "leakage.json"), ("sample", artifacts.REPRESENTATIVENESS)):
+    for step, name in (("prepare", "leakage.json"), ("prepare", artifacts.CLASS_SIZES), ("sample", artifacts.REPRESENTATIVENESS)):
         for row in json.loads(ctx.upstream_artifact(step, name).read_text())["checks"]:
             results.append(CheckResult(f"data_{row['name']}", row["passed"], row["value"], row["threshold"], row["meaning"], row["advice"]))
     return results

@@ -15,6 +15,7 @@ import torch
 
 from trainwise import plots
 from trainwise.checks import CheckResult, summary
+from trainwise.checks.class_sizes import class_size_check
 from trainwise.config import ProjectConfig
 from trainwise.data.cache import build_cache, channel_stats
 from trainwise.data.manifest import data_digest
@@ -49,11 +50,19 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     run.log_metrics({f"items.{r.scope}.{r.split}": r.items for r in counts.itertuples()})
     run.log_dict({"checks": [r.to_dict() for r in leaks]}, "leakage.json")
     run.log_metrics({f"check.{r.name}": float(r.passed) for r in leaks} | {f"leaked.{r.name}": r.value for r in leaks})
+    sizes = [class_size_check(splits, min_items=cfg.checks.min_class_items)] if cfg.task.is_classification else []
+    run.log_dict({"checks": [r.to_dict() for r in sizes]}, artifacts.CLASS_SIZES)
+    for result in sizes:
+        run.log_figure(result.figure, f"checks/{result.name}.png")
+        run.log_metrics({f"check.{result.name}": float(result.passed), "smallest_class_items": result.value})
     full = splits[splits["scope"] == FULL]
-    run.set_tags({TAG_CHECKS: summary(leaks), TAG_SPLIT_DIGEST: data_digest(full[["id", "split"]].astype(str).itertuples(index=False))})
+    run.set_tags({TAG_CHECKS: summary(leaks + sizes), TAG_SPLIT_DIGEST: data_digest(full[["id", "split"]].astype(str).itertuples(index=False))})
     for result in leaks:
         if not result.passed:
             log.warning("%s: %s = %g (allowed %g): %s", cfg.name, result.name, result.value, result.threshold, result.advice)
+    for result in sizes:
+        if not result.passed:
+            log.warning("%s: %s (fewer than %d): %s", cfg.name, result.meaning, cfg.checks.min_class_items, result.advice)
 
     outputs = _prepare_images(cfg, run, ctx, data, splits) if cfg.task.is_image else _prepare_table(cfg, run, data, splits)
     run.set_description(_markdown(cfg, counts, leaks, outputs))
