@@ -85,12 +85,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def in_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Send everything after the first 4 files to worker processes, however quick it is."""
     monkeypatch.setattr(parallel, "PARALLEL_AFTER_S", 0.0)
+    monkeypatch.setattr(parallel, "PARALLEL_AFTER_WARM_S", 0.0)
     monkeypatch.setattr(parallel, "PROBE_ITEMS", 4)
 
 
 @pytest.fixture
 def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parallel, "PARALLEL_AFTER_S", float("inf"))
+    monkeypatch.setattr(parallel, "PARALLEL_AFTER_WARM_S", float("inf"))
 
 
 # -- reduced decoding ----------------------------------------------------------------------------
@@ -223,6 +225,7 @@ def test_small_jobs_stay_in_this_process_and_large_ones_keep_their_order(monkeyp
     small = list(parallel.map_files(where, list(range(300)), desc="t"))
     assert [i for i, _ in small] == list(range(300)) and {pid for _, pid in small} == {os.getpid()}
     monkeypatch.setattr(parallel, "PARALLEL_AFTER_S", 0.0)
+    monkeypatch.setattr(parallel, "PARALLEL_AFTER_WARM_S", 0.0)
     monkeypatch.setattr(parallel, "PROBE_ITEMS", 4)
     large = list(parallel.map_files(where, list(range(300)), desc="t", workers=2))
     assert [i for i, _ in large] == list(range(300))
@@ -234,8 +237,10 @@ def test_scans_in_workers_and_in_process_agree_and_quarantine_the_corrupt_file(t
     bad = listing.records[23].path
     bad.write_bytes(bad.read_bytes()[:900])
     monkeypatch.setattr(parallel, "PARALLEL_AFTER_S", float("inf"))
+    monkeypatch.setattr(parallel, "PARALLEL_AFTER_WARM_S", float("inf"))
     serial = scan_images(listing, channels=3, max_pixels=LIMIT, size=(16, 16))
     monkeypatch.setattr(parallel, "PARALLEL_AFTER_S", 0.0)
+    monkeypatch.setattr(parallel, "PARALLEL_AFTER_WARM_S", 0.0)
     monkeypatch.setattr(parallel, "PROBE_ITEMS", 4)
     workers = scan_images(listing, channels=3, max_pixels=LIMIT, size=(16, 16))
     pd.testing.assert_frame_equal(serial, workers)

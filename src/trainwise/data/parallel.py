@@ -4,14 +4,20 @@ Pillow's decoders release the GIL, but hashing, statistics and signatures around
 thread pool that ingest used kept 2 cores at 35-50 files/s on 400x533 JPEGs (issue 10). Worker
 processes each take a whole file. Results come back in input order.
 
-Starting workers costs about 0.4 s here (forkserver, importing numpy, cv2 and Pillow once; 2 shared
-cores), which is longer than decoding a few hundred small images takes. So the first files are
-decoded in this process while timing them, and the rest go to workers only when they are expected
-to take over PARALLEL_AFTER_S more, the break-even with two workers being twice the start-up.
+Starting the first workers of a process costs about 0.6 s here (the forkserver imports numpy, cv2,
+Pillow and pandas once), later pools about 0.03 s (2 shared cores, 1,000 400x533 JPEGs: 1.10 s for
+the first pool, 0.53 s for the next, 0.92 s in this process); that is longer than decoding a few
+hundred small images takes. So the first files are decoded in this process while timing them, and
+the rest go to workers only when they are expected to take longer than PARALLEL_AFTER_S (before
+the first start) or PARALLEL_AFTER_WARM_S: two workers ran 1.7x as fast, so they pay off when
+0.4x the serial time exceeds the start-up.
 
 Workers are forked from a clean server process (forkserver), not from this one: a step's process
 runs MLflow's and tqdm's threads, and forking a process with threads can deadlock the child (and
-Python 3.12+ warns about it).
+Python 3.12+ warns about it). As with any forkserver or spawn start, a script that calls trainwise
+must keep its own work under `if __name__ == "__main__":` (the server imports the main module);
+the `trainwise` command, `python -m trainwise` and notebooks need nothing. Workers are pure: a
+file in, values out; this process writes every cache.
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-PARALLEL_AFTER_S = 1.0  # estimated serial work left over which workers are started (2x their start-up)
+PARALLEL_AFTER_S = 1.5  # estimated serial work left over which the first workers are started
+PARALLEL_AFTER_WARM_S = 0.1  # the same once the server runs (a second pool in the same process)
 PROBE_ITEMS = 32  # decoded here first, timed, to estimate the rest
 MAX_WORKERS = 16
-_PRELOAD = ["__main__", "trainwise.data.images", "trainwise.data.duplicates"]
+_server = {"started": False}  # whether this process has started the worker server
+_PRELOAD = ["__main__", "trainwise.data.manifest", "trainwise.data.cache"]  # where the workers' functions live
 
 
 def worker_count() -> int:
@@ -65,7 +73,7 @@ def map_files(fn: Callable[[T], R], items: Sequence[T], *, desc: str, workers: i
         if not rest:
             return
         expected = (time.perf_counter() - started) / probe * len(rest)
-        if workers < 2 or expected < PARALLEL_AFTER_S:
+        if workers < 2 or expected < (PARALLEL_AFTER_WARM_S if _server["started"] else PARALLEL_AFTER_S):
             for item in rest:
                 yield fn(item)
                 progress.update()
@@ -75,6 +83,7 @@ def map_files(fn: Callable[[T], R], items: Sequence[T], *, desc: str, workers: i
 
 
 def _in_workers(fn: Callable[[T], R], items: Sequence[T], workers: int, progress: tqdm) -> Iterator[R]:
+    _server["started"] = True
     context = multiprocessing.get_context("forkserver")
     # Modules the server imports once, so each worker starts with them (only before the server's first start).
     context.set_forkserver_preload(_PRELOAD)
