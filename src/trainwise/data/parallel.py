@@ -9,8 +9,9 @@ Pillow and pandas once), later pools about 0.03 s (2 shared cores, 1,000 400x533
 the first pool, 0.53 s for the next, 0.92 s in this process); that is longer than decoding a few
 hundred small images takes. So the first files are decoded in this process while timing them, and
 the rest go to workers only when they are expected to take longer than PARALLEL_AFTER_S (before
-the first start) or PARALLEL_AFTER_WARM_S: two workers ran 1.7x as fast, so they pay off when
-0.4x the serial time exceeds the start-up.
+the first start) or PARALLEL_AFTER_WARM_S: two workers ran 1.8x as fast (1,000 JPEGs, ingest's
+scan; only about 1.0x while another job held a core), so they pay off when 0.45x the serial time
+exceeds the start-up.
 
 Workers are forked from a clean server process (forkserver), not from this one: a step's process
 runs MLflow's and tqdm's threads, and forking a process with threads can deadlock the child (and
