@@ -45,7 +45,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import trainwise
-from trainwise.data.images import ImageProblem, decode_image, resize
+from trainwise.data.images import Decoded, ImageProblem, decode
 from trainwise.data.table_prep import TablePreprocessor
 from trainwise.data.transforms import normalize
 from trainwise.models import create_model, save_weights
@@ -57,7 +57,7 @@ IMAGE_COLUMN = "image"
 WEIGHTS_ARTIFACT, SPEC_ARTIFACT, USER_CODE_ARTIFACT = "weights", "spec", "user_model_code"
 PROB_PREFIX = "prob_"
 
-# Pillow rejects images above ~89.5 million pixels as decompression bombs (decode_image escalates its
+# Pillow rejects images above ~89.5 million pixels as decompression bombs (decode escalates its
 # warning to an error), so a larger limit here would never be reached; anything a camera takes fits.
 MAX_PIXELS = 89_478_485
 # Rows per forward pass: bounds memory for large requests (decoded uint8 images plus activations).
@@ -171,7 +171,8 @@ class Predictor:
         column = frame[IMAGE_COLUMN]
         for start in range(0, len(column), BATCH_SIZE):
             chunk = column.iloc[start : start + BATCH_SIZE]
-            images = [resize(_decode(value, label, channels=int(prep["channels"])), size) for label, value in chunk.items()]
+            # Decoded as the decoded cache was (reduced for small inputs): the network sees what it trained on.
+            images = [_decode(value, label, channels=int(prep["channels"]), size=size).resized(size) for label, value in chunk.items()]
             batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
             yield normalize(batch.float() / 255.0, prep["mean"], prep["std"])
 
@@ -191,8 +192,8 @@ class Predictor:
         return out
 
 
-def _decode(value: Any, label: Any, *, channels: int) -> np.ndarray:
-    """One `image` cell (path, bytes or base64 text) -> (H, W, C) uint8, or an InputError naming the row."""
+def _decode(value: Any, label: Any, *, channels: int, size: tuple[int, int] | None = None) -> Decoded:
+    """One `image` cell (path, bytes or base64 text) -> its decode (reduced for `size`), or an InputError naming the row."""
     name = f"row {label}"
     if isinstance(value, bytes | bytearray | memoryview):
         data = bytes(value)
@@ -209,10 +210,9 @@ def _decode(value: Any, label: Any, *, channels: int) -> np.ndarray:
         what = "no image (missing value)" if missing else f"a {type(value).__name__}, not a path, bytes or base64 string"
         raise InputError(f"{name} of column {IMAGE_COLUMN!r} holds {what}")
     try:
-        array, _ = decode_image(data, channels=channels, max_pixels=MAX_PIXELS, name=name)
+        return decode(data, channels=channels, max_pixels=MAX_PIXELS, name=name, size=size)
     except ImageProblem as problem:
         raise InputError(f"{problem.detail} [{problem.reason}]") from None
-    return array
 
 
 def _from_base64(text: str, name: str) -> bytes:

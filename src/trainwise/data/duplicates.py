@@ -30,6 +30,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
+from trainwise.data.images import Extent, area_resize
+
 log = logging.getLogger(__name__)
 
 SIDE = 32  # the signature's grey thumbnail
@@ -51,24 +53,20 @@ _MIN_DETAIL_STD = 2.0  # grey levels
 SEED_SLACK = 0.03  # a group's seeds may be this much less alike than a verified pair
 
 
-def signature(image: np.ndarray) -> bytes:
+def signature(image: np.ndarray, extent: Extent | None = None) -> bytes:
     """What near-duplicate verification needs of one (H, W, C) uint8 image: 1,024 or 1,072 bytes.
 
     The 32x32 grey thumbnail (area averaging to shrink, bilinear to grow, so 8-px images keep their
-    detail), then for colour images a 4x4 map of each channel minus grey.
+    detail), then for colour images a 4x4 map of each channel minus grey. `extent`: the picture's
+    part of a reduced decode (data/images.py), so a reduced decode gives the thumbnail of the full one.
     """
     grey = image[:, :, 0] if image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    thumb = _resize(grey, SIDE)
+    thumb = area_resize(grey, (SIDE, SIDE), extent)
     if image.shape[2] == 1:
         return thumb.tobytes()
-    colour = _resize(image, _CHROMA).astype(np.int16)
-    chroma = colour - _resize(grey, _CHROMA).astype(np.int16)[:, :, None]
+    colour = area_resize(image, (_CHROMA, _CHROMA), extent).astype(np.int16)
+    chroma = colour - area_resize(grey, (_CHROMA, _CHROMA), extent).astype(np.int16)[:, :, None]
     return thumb.tobytes() + np.clip(chroma + 128, 0, 255).astype(np.uint8).tobytes()
-
-
-def _resize(image: np.ndarray, side: int) -> np.ndarray:
-    shrink = image.shape[0] * image.shape[1] > side * side
-    return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def exact_groups(sha256: Sequence[str]) -> np.ndarray:

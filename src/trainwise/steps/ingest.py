@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from trainwise.config import ProjectConfig, TabularSource
-from trainwise.data.manifest import OK, QUARANTINED, add_duplicate_groups, data_digest, duplicate_report, scan_images
+from trainwise.data.manifest import OK, QUARANTINED, add_duplicate_groups, data_digest, decoder_tag, duplicate_report, scan_images
 from trainwise.data.records import TRAIN, list_images
 from trainwise.data.table_quality import ERROR, WARNING, Finding, table_findings
 from trainwise.data.tables import load_source_table, read_table, table_digest
@@ -38,12 +38,14 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
 
 def _ingest_images(cfg: ProjectConfig, run: StepRun) -> dict[str, Any]:
     listing = list_images(cfg)
-    key = short_hash([str(listing.root), cfg.image.channels, cfg.data.max_image_pixels])
+    # The input size decides the reduced decode (and so the statistics and signatures): one hash cache per size.
+    key = short_hash([str(listing.root), cfg.image.channels, cfg.data.max_image_pixels, decoder_tag(cfg.image.size)])
     manifest = scan_images(
         listing,
         channels=cfg.image.channels,
         max_pixels=cfg.data.max_image_pixels,
         cache_file=trainwise_home() / "cache" / "hashes" / f"{key}.parquet",
+        size=cfg.image.size,  # its pixels at this size are kept for prepare's decoded cache
     )
     manifest = add_duplicate_groups(manifest, cfg.data.near_duplicate_similarity)
     usable = manifest[manifest["status"] == OK]

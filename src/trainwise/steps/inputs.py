@@ -100,10 +100,10 @@ def load_prepared_data(cfg: ProjectConfig, ctx: StepContext, scope: str) -> Prep
 
 
 def cache_items(data: IngestedData, splits: pd.DataFrame) -> pd.DataFrame:
-    """The images the decoded cache holds (pool and provided test set): id, path, label, split."""
+    """The images the decoded cache holds (pool and provided test set): id, path, label, split, sha256."""
     items = pd.concat([data.pool, data.test] if data.test is not None else [data.pool], ignore_index=True)
     items = items.merge(splits[splits["scope"] == "full"][["id", "split"]], on="id", suffixes=("_ingest", ""))
-    return items[["id", "path", "label", "split"]]
+    return items[["id", "path", "label", "split", "sha256"]]
 
 
 def decoded_cache(cfg: ProjectConfig, ctx: StepContext) -> DecodedCache:
