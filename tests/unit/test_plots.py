@@ -253,3 +253,23 @@ def test_figures_do_not_use_pyplot() -> None:
     # pyplot's global figure registry is neither thread-safe nor freed without plt.close
     fig = plots.class_distribution({"a": 1})
     assert type(fig.canvas).__name__ == "FigureCanvasAgg" and fig.canvas.manager is None
+
+
+def test_wide_tables_show_their_highest_ranked_features_and_say_so() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    frame = pd.DataFrame(rng.normal(size=(300, 192)), columns=[f"f{i:03d}" for i in range(192)])
+    frame["f150"] = frame["f007"] * 2 + rng.normal(scale=0.01, size=300)  # the strongest pair, outside the ranked 30
+    frame["label"] = rng.choice(["a", "b"], 300)
+    ranking = {f"f{i:03d}": float(i) for i in range(192)}  # the last columns rank highest
+    panels = plots.feature_distributions(frame, "label", classification=True, ranking=ranking)
+    assert [ax.get_title() for ax in panels.axes[:12]] == [f"f{i:03d}" for i in range(191, 179, -1)]
+    assert "the 12 of 192 features with the highest mutual information" in panels.get_suptitle()
+    heatmap = plots.correlation_heatmap(frame, ranking=ranking)
+    shown = [t.get_text() for t in heatmap.axes[0].get_yticklabels()]
+    assert shown[0] == "f191" and "f000" not in shown and len(shown) <= 30
+    assert re.search(r"the 30 of 192 numeric columns with the highest\s+mutual information", heatmap.get_suptitle())
+    assert re.search(r"strongest pair of all: f007 and f150,\s+\|r\| = 1.00", heatmap.get_suptitle())
+    for fig in (panels, heatmap):
+        render(fig)
+        assert_readable(fig)
+
