@@ -18,6 +18,7 @@ from trainwise.plots._base import (
     MAX_H,
     OTHER,
     PALETTE,
+    SECOND,
     _clamp,
     _figure,
     _fit_labels,
@@ -198,3 +199,36 @@ def feature_importance(scores: Mapping[str, float], method: str = "mutual inform
     return _hbars(title, [k for k, _ in items[:top]], [("score", np.array([v for _, v in items[:top]]), MAIN)],
                   xlabel=method, note=note, fmt="{:.3g}")
 
+
+def feature_drift(drift: pd.DataFrame, threshold: float, *, fdr: float = 0.05, max_bars: int = 40) -> Figure:
+    """Sample-vs-full Kolmogorov-Smirnov statistic per column, largest first, with the threshold.
+
+    `drift` has columns property, statistic and q_value (Benjamini-Hochberg adjusted p). A column
+    drifts when both its statistic is over the threshold and its q-value under `fdr`: red; one of
+    the two: orange; neither: blue. Past `max_bars` columns the largest are shown, with a note.
+    """
+    title = "Sample vs full: KS statistic per column"
+    if drift.empty:
+        return _message(title, "No numeric columns to compare.")
+    ordered = drift.sort_values("statistic", ascending=False, kind="stable")
+    shown = ordered.head(max_bars)
+    over = shown["statistic"].to_numpy() > threshold
+    significant = shown["q_value"].to_numpy() < fdr
+    drifted = int(((ordered["statistic"] > threshold) & (ordered["q_value"] < fdr)).sum())
+    verdict = {0: "none drifts", 1: "1 column drifts"}.get(drifted, f"{drifted} columns drift")
+    note = (f"{len(ordered)} numeric columns, largest first; {verdict} (KS over {threshold:g} and "
+            f"Benjamini-Hochberg q < {fdr:g})" + (f"; the {len(shown)} largest shown" if len(shown) < len(ordered) else ""))
+    fig = _hbars(title, [str(name) for name in shown["property"]], [("KS", shown["statistic"].to_numpy(np.float64), MAIN)],
+                 xlabel="Kolmogorov-Smirnov statistic (sample vs full)", note=note, fmt="{:.3f}")
+    ax = fig.axes[0]
+    colours = np.where(over & significant, ALERT, np.where(over | significant, SECOND, MAIN))
+    for bar, colour in zip(ax.containers[0], colours, strict=True):
+        bar.set_color(colour)
+    ax.axvline(threshold, color="0.2", linestyle="--", linewidth=1.2)  # counts in the autoscaled x range: always in view
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in (ALERT, SECOND, MAIN)]
+    handles.append(ax.lines[-1])
+    labels = [f"drifts: over the threshold, q < {fdr:g}", f"over the threshold or q < {fdr:g}, not both", "neither",
+              f"threshold {threshold:g}"]
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8)  # never over a bar or the line
+    fig.set_size_inches(fig.get_figwidth(), min(fig.get_figheight() + 0.6, MAX_H))  # the legend's two rows
+    return fig
