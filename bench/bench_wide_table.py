@@ -9,9 +9,11 @@ free loopback port under a temporary home, exactly as a user's first step would;
 and is not timed. Each timed step is the `trainwise` command in its own process, so the time is
 what a user waits (interpreter start and imports included). Prints timings; asserts nothing.
 
-Measured (2 shared x86_64 cores, one run each, commit 6958617, before the wide-table work):
-explore 15.5 s with 92 pandas PerformanceWarnings, sample 31.3 s (193 check rows, 193 PNGs),
-together 46.8 s.
+Measured on 2 shared x86_64 cores, one run each (explore + sample):
+- before (commit 6958617): explore 15.5 s with 92 pandas PerformanceWarnings, sample 31.3 s
+  (193 check rows, 193 PNGs), 46.8 s; again at load average 0.5: 11.6 s + 28.0 s = 39.6 s.
+- after (one drift row and figure, top-ranked features drawn once, no torch import): 7.2 s +
+  6.2 s = 13.3 s on a busier machine; at load average 0.5: 5.7-5.9 s + 3.7 s = 9.4-9.6 s (2 runs).
 """
 
 from __future__ import annotations
