@@ -70,6 +70,8 @@ def build_all(n: int) -> dict[str, Figure]:
         "target_distribution": plots.target_distribution(frame["label"], classification=True),
         "target_distribution_regression": plots.target_distribution(frame["feature_0"], classification=False),
         "feature_importance": plots.feature_importance({f"{c}_importance": float(rng.random()) for c in names}),
+        "feature_drift": plots.feature_drift(pd.DataFrame({"property": names, "statistic": rng.random(n) * 0.4,
+                                                           "q_value": rng.random(n) * 0.1}), 0.2),
         "curves": plots.curves({"train loss": np.linspace(2, 0.3, 20), "val loss": np.linspace(2.1, 0.5, 20)},
                                title="Learning curves", xlabel="epoch", ylabel="loss", marks={"best": 15}),
         "confusion_matrix": plots.confusion_matrix(rng.integers(0, 30, (n, n)), names, normalize=n <= 10),
@@ -135,7 +137,7 @@ FIGURES = [
     "class_distribution", "sample_grid", "size_histograms", "channel_stats", "brightness_contrast", "mean_images",
     "duplicate_groups", "label_distribution_comparison", "distribution_comparison", "image_batch",
     "feature_distributions", "feature_distributions_regression", "missingness", "correlation_heatmap",
-    "target_distribution", "target_distribution_regression", "feature_importance",
+    "target_distribution", "target_distribution_regression", "feature_importance", "feature_drift",
     "curves", "confusion_matrix", "per_class_metrics", "predicted_vs_true", "learning_curve",
 ]
 
@@ -202,6 +204,7 @@ def test_a_single_class_still_draws(build: Callable[[], Figure]) -> None:
     (lambda: plots.missingness(pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})), "No missing values in 2 columns"),
     (lambda: plots.correlation_heatmap(pd.DataFrame({"a": [1.0, 1.0], "b": ["x", "y"]})), "Fewer than two numeric"),
     (lambda: plots.distribution_comparison([], [1.0], "size"), "one side has no values"),
+    (lambda: plots.feature_drift(pd.DataFrame(columns=["property", "statistic", "q_value"]), 0.2), "No numeric columns"),
 ])
 def test_nothing_to_plot_gives_a_figure_that_says_why(build: Callable[[], Figure], message: str) -> None:
     fig = build()
@@ -253,3 +256,35 @@ def test_figures_do_not_use_pyplot() -> None:
     # pyplot's global figure registry is neither thread-safe nor freed without plt.close
     fig = plots.class_distribution({"a": 1})
     assert type(fig.canvas).__name__ == "FigureCanvasAgg" and fig.canvas.manager is None
+
+
+def test_wide_tables_show_their_highest_ranked_features_and_say_so() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    frame = pd.DataFrame(rng.normal(size=(300, 192)), columns=[f"f{i:03d}" for i in range(192)])
+    frame["f150"] = frame["f007"] * 2 + rng.normal(scale=0.01, size=300)  # the strongest pair, outside the ranked 30
+    frame["label"] = rng.choice(["a", "b"], 300)
+    ranking = {f"f{i:03d}": float(i) for i in range(192)}  # the last columns rank highest
+    panels = plots.feature_distributions(frame, "label", classification=True, ranking=ranking)
+    assert [ax.get_title() for ax in panels.axes[:12]] == [f"f{i:03d}" for i in range(191, 179, -1)]
+    assert "the 12 of 192 features with the highest mutual information" in panels.get_suptitle()
+    heatmap = plots.correlation_heatmap(frame, ranking=ranking)
+    shown = [t.get_text() for t in heatmap.axes[0].get_yticklabels()]
+    assert shown[0] == "f191" and "f000" not in shown and len(shown) <= 30
+    assert re.search(r"the 30 of 192 numeric columns with the highest\s+mutual information", heatmap.get_suptitle())
+    assert re.search(r"strongest pair of all: f007 and f150,\s+\|r\| = 1.00", heatmap.get_suptitle())
+    for fig in (panels, heatmap):
+        render(fig)
+        assert_readable(fig)
+
+
+def test_feature_drift_marks_what_drifts_and_keeps_the_largest() -> None:
+    drift = pd.DataFrame({"property": [f"c{i}" for i in range(60)], "statistic": np.linspace(0.01, 0.5, 60),
+                          "q_value": [0.5] * 58 + [0.01, 0.01]})
+    fig = plots.feature_drift(drift, 0.2)
+    bars = fig.axes[0].containers[0]
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels[0] == "c59" and len(bars) == 40 and "the 40 largest shown" in fig.get_suptitle()
+    assert "2 columns drift" in fig.get_suptitle()
+    colours = [bar.get_facecolor() for bar in bars]
+    assert colours[0] == colours[1] != colours[2] and colours[2] != colours[-1]  # drifts, over only, neither
+    assert any(line.get_xdata()[0] == 0.2 for line in fig.axes[0].lines)  # the threshold

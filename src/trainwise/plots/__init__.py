@@ -25,6 +25,7 @@ from trainwise.plots.images import (
 from trainwise.plots.tables import (
     correlation_heatmap,
     feature_distributions,
+    feature_drift,
     feature_importance,
     missingness,
     target_distribution,
@@ -48,6 +49,7 @@ __all__ = [
     "distribution_comparison",
     "duplicate_groups",
     "feature_distributions",
+    "feature_drift",
     "feature_importance",
     "image_batch",
     "ks_statistic",

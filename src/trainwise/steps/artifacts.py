@@ -14,6 +14,7 @@ QUALITY = "quality_report.json"  # counts, findings, thresholds
 # sample -> prepare, check
 SAMPLE = "sample.parquet"  # the sample's manifest rows (images) or table rows, with their ids
 REPRESENTATIVENESS = "representativeness.json"  # sample-vs-full checks
+SAMPLE_DRIFT = "checks/sample_drift.csv"  # for people: KS statistic, p and q per compared column, worst first
 
 # prepare -> check, train, tune
 SPLITS = "splits.parquet"  # id -> train/val/test, for the full data and the sample

@@ -10,23 +10,29 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from trainwise import fitting, serving
 from trainwise.config import ProjectConfig, TabularSource
 from trainwise.data.cache import DecodedCache, build_cache, find_cache
-from trainwise.data.loading import PreparedData, load_prepared
 from trainwise.data.manifest import OK
 from trainwise.data.records import TEST, TRAIN, list_images
 from trainwise.data.tables import with_ids
-from trainwise.engine import Callback, Trainer
 from trainwise.errors import ChecksFailedError, ConfigError, DataError
 from trainwise.paths import trainwise_home
 from trainwise.provenance import short_hash
 from trainwise.steps import artifacts
 from trainwise.steps.runner import TAG_PASSED, StepContext
 from trainwise.tracking import Registry, Tracker
+
+if TYPE_CHECKING:
+    from trainwise.data.loading import PreparedData
+    from trainwise.engine import Callback, Trainer
+
+# torch (through fitting, serving, data.loading) is imported inside the functions that train or
+# load tensors: explore and sample read only tables, and importing torch cost them ~4.5 s each
+# (2 shared x86_64 cores, -X importtime; issue 10 §4's budget is 20 s for both together).
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,8 @@ def table_rows(cfg: ProjectConfig, ctx: StepContext) -> pd.DataFrame:
 
 def load_prepared_data(cfg: ProjectConfig, ctx: StepContext, scope: str) -> PreparedData:
     """One scope of prepare's outputs as tensors (images from the decoded cache, rows through preprocessing)."""
+    from trainwise.data.loading import load_prepared
+
     image = cfg.task.is_image
     return load_prepared(
         cfg,
@@ -141,6 +149,8 @@ def initial_weights(cfg: ProjectConfig, tracker: Tracker) -> Path | None:
 
 def make_trainer(cfg: ProjectConfig, data: PreparedData, tracker: Tracker, *, callbacks: list[Callback], epochs: int | None = None) -> Trainer:
     """fitting.make_trainer with `model.init` resolved (downloaded when it names a logged or registered model)."""
+    from trainwise import fitting
+
     return fitting.make_trainer(cfg, data, init_weights=initial_weights(cfg, tracker), callbacks=callbacks, epochs=epochs)
 
 
@@ -161,6 +171,8 @@ def input_example(cfg: ProjectConfig, ctx: StepContext, data: PreparedData) -> p
     ids = data.ids.get("val") or data.ids["train"]
     if data.is_image:
         manifest = pd.read_parquet(ctx.upstream_artifact("ingest", artifacts.MANIFEST)).set_index("id")
+        from trainwise import serving
+
         root = list_images(cfg).root
         return pd.DataFrame({serving.IMAGE_COLUMN: [str(root / manifest.at[i, "path"]) for i in ids[:2]]})
     return table_rows(cfg, ctx).loc[ids[:2]].drop(columns=["id", cfg.task.target]).reset_index(drop=True)

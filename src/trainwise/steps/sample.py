@@ -24,7 +24,6 @@ from trainwise.tracking import StepRun
 log = logging.getLogger(__name__)
 
 
-
 def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     data = load_ingested(cfg, ctx)
     # Drawn from the full data's training split only: validation and test items never reach the
@@ -37,17 +36,21 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     groups = strata(pool[data.label], classification=cfg.task.is_classification)
     chosen, notes = stratified_sample(groups, size=cfg.sample.size, fraction=cfg.sample.fraction, seed=cfg.sample.seed)
     sample = pool.loc[chosen]
-    results = representativeness(
+    report = representativeness(
         pool,
         sample,
         label=data.label if cfg.task.is_classification else "",
         properties=data.properties,
         max_label_distance=cfg.checks.max_label_distance,
         max_drift=cfg.checks.max_property_drift,
+        # an image has a few properties, a row each; a table may have hundreds of columns: one row
+        per_property=cfg.task.is_image,
     )
+    results = report.checks
 
     run.log_frame(sample.reset_index(drop=True), artifacts.SAMPLE)  # the manifest rows (or table rows) of the sample
     run.log_dict({"checks": [r.to_dict() for r in results], "notes": notes}, artifacts.REPRESENTATIVENESS)
+    run.log_frame(report.drift, artifacts.SAMPLE_DRIFT)  # every compared column's statistic, not only those a row names
     for result in results:
         if result.figure is not None:
             run.log_figure(result.figure, f"checks/{result.name}.png")

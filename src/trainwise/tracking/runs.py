@@ -192,6 +192,14 @@ class StepRun:
         if self._artifacts_reach_server(artifact_file):
             self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"bbox_inches": "tight", "dpi": 110})
 
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        """Bytes already made (a figure's PNG that a data card embeds too) as one artifact file."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(artifact_file).name
+            local.write_bytes(data)
+            parent = str(Path(artifact_file).parent)
+            self.log_artifact(local, None if parent == "." else parent)
+
     def log_table(self, table: pd.DataFrame, artifact_file: str) -> None:
         """A table the MLflow UI can show and compare across runs (artifact view)."""
         if self._artifacts_reach_server(artifact_file):
