@@ -106,3 +106,14 @@ def test_a_class_with_two_images_is_named_before_training() -> None:
     # a class present in the full data but absent from the sample counts as 0 there
     missing = class_size_check(splits_frame({"cat": (40, 5, 5), "dog": (30, 4, 4)}, {"cat": 20}), min_items=5)
     assert not missing.passed and missing.value == 0 and "'dog'" in missing.meaning
+
+
+def test_check_rows_are_written_as_json_booleans_and_numbers() -> None:
+    """A numpy bool_ from a comparison went into checks.json as the string "False": truthy for every reader."""
+    import json
+
+    from trainwise.checks import CheckResult
+
+    row = CheckResult("r", np.float64(0.3) <= 0.25, np.float64(0.3), np.float32(0.25), "m", "a", extra={"k": np.float64(1)})
+    written = json.loads(json.dumps(row.to_dict(), default=str))
+    assert written["passed"] is False and written["value"] == 0.3 and isinstance(written["threshold"], float)

@@ -16,14 +16,18 @@ from trainwise.checks.pipeline import (
     check_batch_independence,
     check_finite_first_steps,
     check_inputs,
+    check_label_shuffle,
     check_loss_at_init,
     check_lr_range,
     check_output_bias,
+    check_output_is_logits,
     check_overfit_one_batch,
     check_parameters_update,
     diagnose,
     run_pipeline_checks,
+    short_fit,
 )
+from trainwise.checks.settings import check_configured_lr, check_destructive_augmentation
 from trainwise.config import ChecksConfig
 from trainwise.data.loading import PreparedData
 from trainwise.data.transforms import normalize
@@ -62,7 +66,7 @@ def test_a_sound_setup_passes_every_check() -> None:
     results = run_pipeline_checks(setup())
     failed = {r.name: (r.value, r.threshold, r.meaning) for r in results if not r.passed}
     assert not failed
-    assert len(results) == 12
+    assert len(results) == 15
     assert {r.name for r in results if r.figure is not None} >= {"input_shape_and_range", "overfit_one_batch", "lr_range_test"}
     lr = next(r for r in results if r.name == "lr_range_test")
     assert 1e-6 < lr.extra["suggested_lr"] < 1.0
@@ -242,3 +246,103 @@ def test_the_check_batch_of_a_regression_split_spans_the_targets() -> None:
     regression = replace(data, task="regression", classes=[], splits={**data.splits, "train": TensorData(data.splits["train"].x, targets)})
     _, y = setup(data=regression).batch(10)
     assert float(y.min()) < -1.0 and float(y.max()) > 1.0
+
+
+class Softmaxed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1)).softmax(dim=1)
+
+
+class LogSoftmaxed(Softmaxed):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1)).log_softmax(dim=1)  # fine: cross-entropy of log-probabilities is the same loss
+
+
+def test_a_softmax_at_the_end_of_the_model_is_named() -> None:
+    assert check_output_is_logits(setup()).passed
+    assert check_output_is_logits(setup(LogSoftmaxed)).passed
+    assert not check_output_is_logits(setup(Softmaxed)).passed
+
+
+class Frozen(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Linear(64, 32).requires_grad_(False)  # left in from an experiment
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.features(x.flatten(1))))
+
+
+class Detached(Frozen):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.features(x.flatten(1)))).detach() + self.head.bias * 0
+
+
+class IgnoresInput(Frozen):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head.bias.expand(len(x), -1)
+
+
+def test_parameters_frozen_by_no_setting_fail_parameters_update() -> None:
+    result = check_parameters_update(setup(Frozen))
+    assert not result.passed and "features.weight" in result.meaning and "no setting freezes" in result.meaning
+    assert check_parameters_update(replace(setup(Frozen), freeze_backbone=True)).passed  # asked for: fine
+    assert check_parameters_update(replace(setup(Frozen), pretrained=True)).passed
+
+
+@pytest.mark.parametrize("model", [Detached, IgnoresInput])
+def test_an_output_without_a_path_to_the_input_fails_batch_independence_instead_of_crashing(model: type[nn.Module]) -> None:
+    result = check_batch_independence(setup(model))
+    assert not result.passed and "does not depend on its own input" in result.meaning
+
+
+def test_a_diverging_short_fit_fails_its_rows_instead_of_crashing() -> None:
+    fit = short_fit(setup(lr=1e12, optimizer="sgd", momentum=0.0), "real")
+    assert fit.error and "NaN" in fit.error and fit.val_metrics == {}
+
+
+def test_the_configured_learning_rate_is_judged_against_the_range_test() -> None:
+    sound = setup()
+    lr_range = check_lr_range(sound)
+    assert check_configured_lr(sound, lr_range).passed
+    suggested = lr_range.extra["suggested_lr"]
+    assert not check_configured_lr(setup(lr=suggested * 100), lr_range).passed
+    assert not check_configured_lr(setup(lr=suggested / 1000), lr_range).passed
+    assert check_configured_lr(replace(setup(lr=suggested / 1000), pretrained=True), lr_range).passed  # fine-tuning
+
+
+def test_augmentation_that_changes_the_label_is_named() -> None:
+    from trainwise.config.sections import AugmentConfig
+    from trainwise.data.transforms import augment_batch, build_augmentation
+
+    def with_augmentation(**settings: object) -> CheckSetup:
+        augment = build_augmentation(AugmentConfig(**settings), (8, 8))
+        # 15 epochs: the check step's sample run (checks.sample_epochs)
+        return replace(setup(epochs=15), train_transform=lambda x: normalize(augment_batch(x, augment), MEAN, STD))
+
+    def judged(**settings: object):
+        checked = with_augmentation(**settings)
+        return check_destructive_augmentation(checked, short_fit(checked, "real"))
+
+    mild = judged(crop_padding=1, rotation=8)
+    assert mild.passed, mild.meaning
+    upside_down, whole_image = judged(rotation=180), judged(crop_padding=8)  # a crop padding as large as the image
+    assert not upside_down.passed and not whole_image.passed, (upside_down.meaning, whole_image.meaning)
+
+
+def test_the_label_shuffle_margin_allows_what_chance_does_on_a_small_validation_split() -> None:
+    """15 validation items at 40% chance: 10 right (+27 points) happens 1.3% of the time by chance alone."""
+    from trainwise.checks.pipeline import ShortFit
+    from trainwise.engine import FitResult
+
+    data = digits_data()
+    data.splits["val"] = TensorData(data.splits["val"].x[:15], data.splits["val"].y[:15])
+    lucky = ShortFit(FitResult([], 0, 0.0, {}), {"val_accuracy": max(data.prior()) + 0.2})
+    assert check_label_shuffle(setup(data=data), lucky).passed
+    data.splits["val"] = TensorData(digits_data().splits["val"].x, digits_data().splits["val"].y)  # 100 items
+    assert not check_label_shuffle(setup(data=data), lucky).passed

@@ -22,6 +22,13 @@ class CheckResult:
     figure: Figure | None = field(default=None, repr=False)
     extra: dict[str, float] = field(default_factory=dict)  # side results, e.g. the suggested learning rate
 
+    def __post_init__(self) -> None:
+        # numpy's bool_ and float64 come out of comparisons on arrays; json (MLflow's log_dict)
+        # writes a bool_ as the string "False", which every reader of checks.json takes as true
+        self.passed = bool(self.passed)
+        self.value, self.threshold = float(self.value), float(self.threshold)
+        self.extra = {k: float(v) for k, v in self.extra.items()}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 THUMBNAIL = 16  # side of the grey-and-colour thumbnails the image model sees: enough to tell classes apart, cheap to fit
 MAX_FOLDS = 5
 SHOWN = 32  # the most suspicious images in the grid
+MIN_JUDGED_CLASS = 10  # items a class needs before the share of its items that look like another class means anything
 
 
 @dataclass
@@ -113,7 +114,10 @@ def label_issue_checks(
     # the largest share of one class's items that look like one other class: a folder filled with
     # another class's images is concentrated on one pair, where classes a weak model confuses
     # (Fashion-MNIST's shirts with t-shirts, pullovers and coats) spread over several
-    pair_share = confusion / np.bincount(dense, minlength=len(names))[:, None]
+    counts = np.bincount(dense, minlength=len(names))
+    # classes under MIN_JUDGED_CLASS items are left out of this row: one of two items is already 50%
+    # (their size is prepare's class_sizes row)
+    pair_share = np.where((counts >= MIN_JUDGED_CLASS)[:, None], confusion / counts[:, None], 0.0)
     worst, other = np.unravel_index(int(pair_share.argmax()), pair_share.shape)
     looks_like = names[int(other)]
 

@@ -187,9 +187,20 @@ class ChecksConfig(Section):
     lr_valley_ratio: float = Field(
         0.9, gt=0, lt=1, description="the smoothed loss's minimum must fall below this share of its start (a valley)"
     )
+    lr_max_ratio: float = Field(30.0, gt=0, description="train.lr may be at most this times the range test's suggested rate")
+    lr_min_ratio: float = Field(0.01, gt=0, description="and at least this times it (not for pretrained weights)")
+    max_augmentation_drop: float = Field(
+        0.3, ge=0, le=1, description="validation accuracy augmentation may cost (plain-trained on plain vs augmented-trained on augmented)"
+    )
+    max_unseen_augmentation_drop: float = Field(
+        0.5, ge=0, le=1, description="and what a plain-trained model may lose on augmented images (both over: the row fails)"
+    )
     max_label_distance: float = Field(0.1, ge=0, le=1, description="total variation, sample vs full labels")
     max_property_drift: float = Field(0.2, ge=0, le=1, description="KS statistic, sample vs full image properties")
     max_leaked_duplicates: int = Field(0, ge=0, description="duplicates allowed across splits")
+    max_near_copies_of_test: float = Field(
+        0.01, ge=0, le=1, description="training items that near-copy provided test images, as a share of the test set"
+    )
     max_label_issue_share: float = Field(
         0.25, ge=0, le=1, description="estimated share of mislabelled items in the sample (confident learning)"
     )
