@@ -81,6 +81,7 @@ class Case:
     what: str = ""
     shared: str = ""  # cases with the same `shared` reuse one experiment (ingest, sample and prepare run once)
     known_miss: str = ""  # why the checks miss it today (the test expects the miss, so a fix shows up)
+    refusal: str = ""  # for a "<step> refused" catch: words its error line must hold
 
 
 @dataclass
@@ -228,7 +229,7 @@ CASES = [
     Case("tiny_class_table", "data", ("data_class_sizes",), _case_tiny_class_table, "a class with 2 rows"),
     Case("test_copies_in_train", "data", ("data_pool_images_in_provided_test",), _case_copies_in_test, "30 unlabelled test images copied into the training folders"),
     Case("test_near_copies_in_train", "data", ("data_near_copies_of_provided_test",), _case_near_copies_in_test, "30 unlabelled test images, 10% darker, in the training folders"),
-    Case("corrupt_files", "data", ("ingest refused",), _case_corrupt_files, "every 20th file truncated"),
+    Case("corrupt_files", "data", ("ingest refused",), _case_corrupt_files, "every 20th file truncated", refusal="are unusable, over data.max_bad_fraction"),
     Case("softmaxed_output", "code", ("output_is_logits",), _user({"output": "self.head(h).softmax(dim=1)"}), "the model returns probabilities, not logits", shared="user"),
     Case("detached_features", "code", ("parameters_update", "batch_independence"), _user({"flatten": "h.detach().flatten(1)"}), "the features are detached from the graph", shared="user"),
     Case("frozen_features", "code", ("parameters_update",), _user({"init": "        for p in self.features.parameters():\n            p.requires_grad_(False)\n"}), "the convolutions are frozen", shared="user"),
@@ -237,7 +238,8 @@ CASES = [
     Case("ignores_input", "code", ("input_independent_baseline", "batch_independence"), _user({"input": "torch.zeros_like(x)"}), "the model never looks at its input", shared="user"),
     Case("exploding_logits", "code", ("loss_at_init",), _user({"output": "self.head(h) * 1000"}), "logits scaled by 1000 at init", shared="user"),
     Case("nan_producing_op", "code", ("finite_first_steps",), _user({"flatten": "torch.log(h - 0.05).flatten(1)"}), "a log of values that can be negative", shared="user"),
-    Case("too_many_outputs", "code", ("check refused",), _user({"outputs": "num_classes + 2"}), "12 outputs for 10 classes", shared="user"),
+    Case("too_many_outputs", "code", ("check refused",), _user({"outputs": "num_classes + 2"}), "12 outputs for 10 classes", shared="user",
+         refusal="the model must output one logit per class"),
     Case("lr_too_high", "config", ("configured_lr",), _config(), "learning rate 50", shared="config"),
     Case("lr_too_low", "config", ("configured_lr",), _config(), "learning rate 1e-7", shared="config"),
     Case("destructive_augmentation", "config", ("destructive_augmentation",), _config(), "rotation 180 on digits", shared="config"),

@@ -75,7 +75,8 @@ def test_digits_ingest_sample_prepare(tracking_server: str, unique_name: str, tm
     assert set(full["split"]) == {"train", "val", "test", "submit"}
     assert (full["split"] == "submit").sum() == 360  # the unlabelled test folder
     assert set(splits.loc[splits["scope"] == "sample", "split"]) == {"train", "val"}
-    assert prepare.data.tags["trainwise.checks"] == "5/5 passed"  # exact copies and duplicate groups per scope, test overlap
+    # exact copies and duplicate groups per scope, exact and near copies of the test set, class sizes
+    assert prepare.data.tags["trainwise.checks"] == "7/7 passed"
     norm = json.loads(artifact(tracking_server, prepare, "normalization.json", tmp_path).read_text())
     assert 0.2 < norm["full"]["mean"][0] < 0.4 and norm["full"]["items"] == (full["split"] == "train").sum()
     cache = json.loads(artifact(tracking_server, prepare, "cache.json", tmp_path).read_text())

@@ -14,26 +14,27 @@ from trainwise.checks import CheckResult
 
 
 def class_size_check(splits: pd.DataFrame, *, min_items: int) -> CheckResult:
-    """The smallest class's count in the training splits of the full data and of the sample.
+    """The smallest class's count in the full data's training split, against `min_items`.
 
-    `splits`: prepare's splits.parquet (label, split, scope). Held-out splits are reported in the
-    message (a class absent from validation is unscored there) but the threshold applies to the
-    training splits, where a class needs enough items to be learnt.
+    `splits`: prepare's splits.parquet (label, split, scope). The held-out splits and the sample's
+    training split are reported in the message but do not decide: the sample keeps at least 5 items
+    of every class, and its validation share takes some of them, so a class with 100 of 10,000
+    items has 4 in the sample's training split while the full data has plenty to learn from.
     """
     labelled = splits[splits["split"].isin(["train", "val", "test"]) & splits["label"].notna()]
     counts = labelled.assign(label=labelled["label"].astype(str)).groupby(["label", "scope", "split"]).size().unstack(["scope", "split"], fill_value=0)
     training = counts.reindex(columns=[("full", "train"), ("sample", "train")], fill_value=0)
-    smallest = training.min(axis=1).sort_values(kind="stable")
-    name, value = str(smallest.index[0]), int(smallest.iloc[0])
-    small = smallest[smallest < min_items]
+    full = training[("full", "train")].sort_values(kind="stable")
+    name, value = str(full.index[0]), int(full.iloc[0])
+    small = full[full < min_items]
     parts = ", ".join(f"{split} {int(counts.loc[name].get(('full', split), 0))}" for split in ("train", "val", "test"))
     meaning = (
-        f"fewest items of one class in a training split: '{name}' (full data: {parts}; "
+        f"fewest items of one class in the full training split: '{name}' (full data: {parts}; "
         f"sample train {int(training.loc[name, ('sample', 'train')])})"
     )
     if len(small) > 1:
         meaning += f"; {len(small)} classes under {min_items}: {', '.join(map(str, small.index[:10]))}"
-    figure = plots.class_distribution(training[("full", "train")].sort_values().to_dict(), title="Training items per class (full data)")
+    figure = plots.class_distribution(full.to_dict(), title="Training items per class (full data)")
     return CheckResult(
         "class_sizes",
         value >= min_items,

@@ -60,6 +60,8 @@ def check_destructive_augmentation(setup: CheckSetup, real: ShortFit) -> CheckRe
     both drops are large (0.3 and 0.5 by default).
     """
     limit = setup.thresholds.max_augmentation_drop
+    if not setup.augmented:
+        return CheckResult("destructive_augmentation", True, 0.0, limit, "not judged: no random augmentation is configured", "")
     if real.error or not real.result.best_state:
         return CheckResult("destructive_augmentation", True, float("nan"), limit, f"not judged: the sample run did not finish ({real.error})", "")
     trainer = Trainer(
@@ -67,24 +69,25 @@ def check_destructive_augmentation(setup: CheckSetup, real: ShortFit) -> CheckRe
         train_transform=setup.eval_transform, eval_transform=setup.eval_transform,
     )  # fmt: skip
     try:
-        trainer.fit(setup.train, setup.val)
+        plain_fit = trainer.fit(setup.train, setup.val)
     except NonFiniteLossError as error:
         return CheckResult("destructive_augmentation", True, float("nan"), limit, f"not judged: {error}", "")
-    plain_model = trainer.model.eval()
-    augmented_model = setup.build_model().to(next(plain_model.parameters()).device)
+    device = next(trainer.model.parameters()).device
+    # both models at their best epoch on the same validation split, so neither side is favoured
+    plain_model, augmented_model = setup.build_model().to(device), setup.build_model().to(device)
+    plain_model.load_state_dict(plain_fit.best_state)
     augmented_model.load_state_dict(real.result.best_state)
+    plain_model.eval()
     augmented_model.eval()
     x, y = setup.val.x, setup.val.y
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(setup.engine.seed)  # the same augmented images on every run
-    try:
+    # the same augmented images on every run, and the caller's generators (CUDA's too) left as they were
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(setup.engine.seed)
         with torch.no_grad():
             plain = _accuracy(plain_model, setup.eval_transform, x, y)
             # several draws: one draw of random augmentations on a 45-item validation split moved it by 10 points
             unseen = sum(_accuracy(plain_model, setup.train_transform, x, y) for _ in range(AUGMENTATION_DRAWS)) / AUGMENTATION_DRAWS
             augmented = sum(_accuracy(augmented_model, setup.train_transform, x, y) for _ in range(AUGMENTATION_DRAWS)) / AUGMENTATION_DRAWS
-    finally:
-        torch.random.set_rng_state(generator_state)
     drop, unseen_drop = plain - augmented, plain - unseen
     # both: a model that never saw the augmentation is brittle to it (small shifts on 8 px digits cost
     # 36 points), and one trained with it for 15 epochs may be undertrained (rotation 15 on

@@ -199,7 +199,7 @@ class ChecksConfig(Section):
     max_property_drift: float = Field(0.2, ge=0, le=1, description="KS statistic, sample vs full image properties")
     max_leaked_duplicates: int = Field(0, ge=0, description="duplicates allowed across splits")
     max_near_copies_of_test: float = Field(
-        0.01, ge=0, le=1, description="training items that near-copy provided test images, as a share of the test set"
+        0.01, ge=0, le=1, description="share of the provided test images with a near copy among the labelled items"
     )
     max_label_issue_share: float = Field(
         0.25, ge=0, le=1, description="estimated share of mislabelled items in the sample (confident learning)"
@@ -208,7 +208,7 @@ class ChecksConfig(Section):
         0.45, ge=0, le=1, description="share of one class's items that may look like one other class"
     )
     min_class_items: int = Field(
-        5, ge=1, description="items each class needs in the full training split and in the sample's training split"
+        5, ge=1, description="items each class needs in the full data's training split"
     )
     learning_curve_fractions: list[float] = Field(
         [0.1, 0.25, 0.5], description="training-set shares trained after the full run for the learning curve; [] to skip"

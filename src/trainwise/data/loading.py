@@ -128,11 +128,16 @@ def _table(cfg: ProjectConfig, scoped: _Scope, prep: dict, table: pd.DataFrame) 
     return PreparedData(task, classes, (len(preprocessor.feature_names),), tensors, ids, preprocessing, target_scale=(mean, std))
 
 
+def augments_at_random(cfg: ProjectConfig) -> bool:
+    """Whether any random augmentation is on (else training images are only normalised)."""
+    return any(getattr(cfg.augment, k) for k in ("flip", "crop_padding", "rotation", "color_jitter", "erasing"))
+
+
 def image_transforms(cfg: ProjectConfig, data: PreparedData) -> tuple[Transform, Transform]:
     """(train, eval) batch transforms for uint8 images: augment then normalise; eval only normalises."""
     mean, std = data.preprocessing["mean"], data.preprocessing["std"]
     augment = build_augmentation(cfg.augment, cfg.image.size)
-    randomised = any(getattr(cfg.augment, k) for k in ("flip", "crop_padding", "rotation", "color_jitter", "erasing"))
+    randomised = augments_at_random(cfg)
 
     def train(x: torch.Tensor) -> torch.Tensor:
         return normalize(augment_batch(x, augment) if randomised else x.float() / 255.0, mean, std)

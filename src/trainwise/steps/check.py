@@ -18,7 +18,7 @@ from trainwise.checks import CheckResult, summary
 from trainwise.checks.labels import image_features, label_issue_checks
 from trainwise.checks.pipeline import CheckSetup, run_pipeline_checks
 from trainwise.config import ProjectConfig
-from trainwise.data.loading import PreparedData, image_transforms
+from trainwise.data.loading import PreparedData, augments_at_random, image_transforms
 from trainwise.datacard import CardSection, render_html
 from trainwise.fitting import build_model, engine_config
 from trainwise.steps import artifacts
@@ -51,6 +51,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         prior_bias_init=cfg.model.prior_bias_init,
         pretrained=init is not None,
         freeze_backbone=cfg.model.freeze_backbone_epochs > 0,
+        augmented=data.is_image and augments_at_random(cfg),
     )
     results = run_pipeline_checks(setup) + label_checks(cfg, run, data) + carried_over(cfg, ctx)
     passed = all(r.passed for r in results)

@@ -115,19 +115,20 @@ def leakage_checks(cfg: ProjectConfig, data: IngestedData, splits: pd.DataFrame)
     if data.test is not None:
         exact = data.pool["sha256"].isin(set(data.test["sha256"]))
         results.append(_leak_check("pool_images_in_provided_test", int(exact.sum()), cfg.checks.max_leaked_duplicates))
-        # near copies by the duplicate groups ingest formed over pool and test together; a share, not
-        # a count: real data holds a few natural look-alikes (1 of digits' 360 test images has one in
-        # the pool), while a copied-in test set shows up as a share of it
-        near = ~exact & data.pool["dup_group"].isin(set(data.test["dup_group"].dropna()))
-        share = float(near.sum()) / max(len(data.test), 1)
+        # near copies by the duplicate groups ingest formed over pool and test together; a share of the
+        # test images, not a count: real data holds a few natural look-alikes (1 of digits' 360 test
+        # images has one in the pool), while a copied-in test set shows up as a share of it
+        exact_test = data.test["sha256"].isin(set(data.pool["sha256"]))
+        near = ~exact_test & data.test["dup_group"].isin(set(data.pool["dup_group"].dropna()))
+        share = float(near.mean()) if len(near) else 0.0
         results.append(
             CheckResult(
                 "near_copies_of_provided_test",
                 share <= cfg.checks.max_near_copies_of_test,
                 share,
                 cfg.checks.max_near_copies_of_test,
-                f"training items that are near copies (resized, re-encoded, brightness-shifted) of provided test images, "
-                f"as a share of the {len(data.test)} test images ({int(near.sum())} items)",
+                f"share of the {len(data.test)} provided test images with a near copy (resized, re-encoded, "
+                f"brightness-shifted) among the labelled items ({int(near.sum())} images)",
                 "remove them from the training folders (duplicates.csv of the ingest run lists the groups): "
                 "a model that saw the test images scores too well on them",
             )
