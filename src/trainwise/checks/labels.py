@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,9 @@ from sklearn.preprocessing import StandardScaler
 
 from trainwise import plots
 from trainwise.checks import CheckResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +114,6 @@ def label_issue_checks(
     probabilities = out_of_sample_probabilities(features[index], dense, images=images is not None, seed=seed)
     names = [classes[c] for c in present]
 
-    # calibrated: the confident joint rescaled to the observed class counts; on 30% changed labels
-    # it reads 0.31-0.39 on wine and breast cancer where the plain off-diagonal count reads 0.25-0.32
     accuracy = float((probabilities.argmax(axis=1) == dense).mean())
     chance = float(np.bincount(dense).max() / len(dense))
     skill = (accuracy - chance) / max(1 - chance, 1e-12)
@@ -119,6 +121,8 @@ def label_issue_checks(
         # a model that barely beats chance confuses everything: its "label issues" are its own errors
         return LabelAudit([_not_judged(max_share, f"the small model is too weak to tell label errors from hard classes "
                                                   f"(out-of-sample accuracy {accuracy:.1%}, chance {chance:.1%})")], _no_suspects())  # fmt: skip
+    # calibrated: the confident joint rescaled to the observed class counts; on 30% changed labels
+    # it reads 0.31-0.39 on wine and breast cancer where the plain off-diagonal count reads 0.25-0.32
     share = num_label_issues(dense, probabilities, estimation_method="off_diagonal_calibrated") / len(dense)
     suspected = find_label_issues(dense, probabilities, n_jobs=1)  # no fork of a process running MLflow's threads
     suggested = probabilities.argmax(axis=1)
@@ -133,8 +137,6 @@ def label_issue_checks(
     # (their size is prepare's class_sizes row)
     pair_share = np.where((counts >= MIN_JUDGED_CLASS)[:, None], confusion / counts[:, None], 0.0)
     worst, other = np.unravel_index(int(pair_share.argmax()), pair_share.shape)
-    judged = bool((counts >= MIN_JUDGED_CLASS).any())
-    looks_like = names[int(other)]
 
     order = np.flatnonzero(suspected)[np.argsort(quality[suspected], kind="stable")]
     suspects = pd.DataFrame(
@@ -168,25 +170,33 @@ def label_issue_checks(
             "if they are right, the classes are hard to tell apart from pixels alone: raise checks.max_label_issue_share",
             figure=grid,
         ),
-        CheckResult(
-            "label_issues_by_class", True, 0.0, max_class_share,
-            f"not judged: no class has {MIN_JUDGED_CLASS} items in the sample", "use a larger sample (sample.size)",
-            figure=heatmap,
-        )
-        if not judged
-        else CheckResult(
-            "label_issues_by_class",
-            pair_share[worst, other] <= max_class_share,
+        _by_class_row(
+            names[worst],
+            names[other],
             float(pair_share[worst, other]),
-            max_class_share,
-            f"largest share of one class's items that look like one other class: '{names[worst]}' "
-            f"({pair_share[worst, other]:.0%} of its items look like '{looks_like}')",
-            f"open the '{names[worst]}' items: a folder filled with another class's images, or two class names swapped, "
-            "shows up here",
-            figure=heatmap,
+            judged=bool((counts >= MIN_JUDGED_CLASS).any()),
+            threshold=max_class_share,
+            heatmap=heatmap,
         ),
     ]
     return LabelAudit(results, suspects)
+
+
+def _by_class_row(given: str, looks_like: str, share: float, *, judged: bool, threshold: float, heatmap: Figure) -> CheckResult:
+    if not judged:
+        return CheckResult(
+            "label_issues_by_class", True, 0.0, threshold, f"not judged: no class has {MIN_JUDGED_CLASS} items in the sample",
+            "use a larger sample (sample.size)", figure=heatmap,
+        )  # fmt: skip
+    return CheckResult(
+        "label_issues_by_class",
+        share <= threshold,
+        share,
+        threshold,
+        f"largest share of one class's items that look like one other class: '{given}' ({share:.0%} of its items look like '{looks_like}')",
+        f"open the '{given}' items: a folder filled with another class's images, or two class names swapped, shows up here",
+        figure=heatmap,
+    )
 
 
 def _not_judged(max_share: float, why: str) -> CheckResult:

@@ -182,7 +182,6 @@ def check_output_is_logits(setup: CheckSetup) -> CheckResult:
     )
 
 
-
 def expected_initial_loss(setup: CheckSetup) -> tuple[float, str]:
     if not setup.classification:
         return 1.0, "the standardised target's variance (1)"
@@ -470,7 +469,7 @@ def check_loss_decreases(setup: CheckSetup, real: ShortFit) -> CheckResult:
         decrease >= setup.thresholds.min_loss_decrease,
         decrease,
         setup.thresholds.min_loss_decrease,
-        f"relative decrease of the training loss over {len(losses)} epochs on the sample" + (f"; {real.error}" if real.error else ""),
+        f"relative decrease of the training loss over {len(losses)} epochs on the sample",
         "the learning rate (see the range test), the schedule, or the model's capacity",
         figure,
     )
