@@ -182,6 +182,39 @@ def _case_near_copies_in_test(folder: Path) -> None:
         Image.fromarray((pixels * 0.9).round().astype(np.uint8)).save(data / "train" / str(row.label) / f"near_{row.id}.png")
 
 
+def _rewrite(paths: list[Path], change: Callable[[Image.Image], Image.Image], suffix: str | None = None) -> None:
+    for path in paths:
+        changed = change(Image.open(path))
+        changed.save(path.with_suffix(suffix) if suffix else path)
+        if suffix:
+            path.unlink()
+
+
+def _case_inverted_test(folder: Path) -> None:
+    """The unlabelled test images colour-inverted (white digits on black in training, black on white to predict)."""
+    digits_project(folder, folder.name)
+    _rewrite(sorted((folder / "data" / "test").glob("*.png")), lambda im: Image.fromarray(255 - np.asarray(im)))
+
+
+def _case_resized_test(folder: Path) -> None:
+    """The unlabelled test images at 32 px, the training images at 8 px (another camera or export)."""
+    digits_project(folder, folder.name)
+    _rewrite(sorted((folder / "data" / "test").glob("*.png")), lambda im: im.resize((32, 32), Image.BILINEAR))
+
+
+def _case_dark_class(folder: Path) -> None:
+    """Class 3's images at 40% brightness (photographed in another light)."""
+    digits_project(folder, folder.name)
+    _rewrite(sorted((folder / "data" / "train" / "3").glob("*.png")), lambda im: Image.fromarray((np.asarray(im) * 0.4).astype(np.uint8)))
+
+
+def _case_png_class(folder: Path) -> None:
+    """Every class but 3 re-saved as JPEG: class 3 holds the only PNGs."""
+    digits_project(folder, folder.name)
+    others = [p for p in sorted((folder / "data" / "train").glob("*/*.png")) if p.parent.name != "3"]
+    _rewrite(others, lambda im: im, suffix=".jpg")
+
+
 def _case_corrupt_files(folder: Path) -> None:
     digits_project(folder, folder.name)
     for path in sorted((folder / "data" / "train").glob("*/*.png"))[::20]:
@@ -231,6 +264,12 @@ CASES = [
     Case("tiny_class_table", "data", ("data_class_sizes",), _case_tiny_class_table, "a class with 2 rows"),
     Case("test_copies_in_train", "data", ("data_pool_images_in_provided_test",), _case_copies_in_test, "30 unlabelled test images copied into the training folders"),
     Case("test_near_copies_in_train", "data", ("data_near_copies_of_provided_test",), _case_near_copies_in_test, "30 unlabelled test images, 10% darker, in the training folders"),
+    Case("inverted_test_set", "data", ("data_test_property_drift", "data_test_domain_classifier_auc"), _case_inverted_test,
+         "the unlabelled test images colour-inverted"),
+    Case("resized_test_set", "data", ("data_test_property_drift", "data_test_domain_classifier_auc"), _case_resized_test,
+         "the unlabelled test images at 32 px, training at 8 px"),
+    Case("dark_class", "data", ("data_label_from_properties",), _case_dark_class, "class 3's images at 40% brightness"),
+    Case("png_only_class", "data", ("data_label_from_properties",), _case_png_class, "class 3 the only PNGs, the rest JPEG"),
     Case("corrupt_files", "data", ("ingest refused",), _case_corrupt_files, "every 20th file truncated", refusal="are unusable, over data.max_bad_fraction"),
     Case("softmaxed_output", "code", ("output_is_logits",), _user({"output": "self.head(h).softmax(dim=1)"}), "the model returns probabilities, not logits"),
     Case("detached_features", "code", ("parameters_update", "batch_independence"), _user({"flatten": "h.detach().flatten(1)"}), "the features are detached from the graph"),

@@ -75,8 +75,18 @@ def test_digits_ingest_sample_prepare(tracking_server: str, unique_name: str, tm
     assert set(full["split"]) == {"train", "val", "test", "submit"}
     assert (full["split"] == "submit").sum() == 360  # the unlabelled test folder
     assert set(splits.loc[splits["scope"] == "sample", "split"]) == {"train", "val"}
-    # exact copies and duplicate groups per scope, exact and near copies of the test set, class sizes
-    assert prepare.data.tags["trainwise.checks"] == "7/7 passed"
+    # exact copies and duplicate groups per scope, exact and near copies of the test set, class sizes;
+    # test-vs-training drift (properties, domain classifier) and shortcuts
+    assert prepare.data.tags["trainwise.checks"] == "10/10 passed"
+    found = json.loads(artifact(tracking_server, prepare, "property_checks.json", tmp_path).read_text())["checks"]
+    assert [c["name"] for c in found] == ["test_property_drift", "test_domain_classifier_auc", "label_from_properties"]
+    assert 0.4 < found[1]["value"] < 0.65  # a random split of digits: the domain classifier near chance
+    for name in ("test_property_drift", "label_from_properties"):
+        assert_png(artifact(tracking_server, prepare, f"checks/{name}.png", tmp_path))
+    drift = pd.read_csv(artifact(tracking_server, prepare, "checks/test_drift.csv", tmp_path))
+    assert {"brightness", "width", "sharpness", "format_PNG"} <= set(drift["property"])
+    aucs = pd.read_csv(artifact(tracking_server, prepare, "checks/property_label_auc.csv", tmp_path))
+    assert len(aucs) == 10 and "brightness" in aucs.columns
     norm = json.loads(artifact(tracking_server, prepare, "normalization.json", tmp_path).read_text())
     assert 0.2 < norm["full"]["mean"][0] < 0.4 and norm["full"]["items"] == (full["split"] == "train").sum()
     cache = json.loads(artifact(tracking_server, prepare, "cache.json", tmp_path).read_text())

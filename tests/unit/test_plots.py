@@ -72,6 +72,8 @@ def build_all(n: int) -> dict[str, Figure]:
         "feature_importance": plots.feature_importance({f"{c}_importance": float(rng.random()) for c in names}),
         "feature_drift": plots.feature_drift(pd.DataFrame({"property": names, "statistic": rng.random(n) * 0.4,
                                                            "q_value": rng.random(n) * 0.1}), 0.2),
+        "property_auc_heatmap": plots.property_auc_heatmap(
+            pd.DataFrame(0.5 + rng.random((n, 9)) / 2, index=names, columns=[f"property_{i}" for i in range(9)]), 0.97),
         "curves": plots.curves({"train loss": np.linspace(2, 0.3, 20), "val loss": np.linspace(2.1, 0.5, 20)},
                                title="Learning curves", xlabel="epoch", ylabel="loss", marks={"best": 15}),
         "confusion_matrix": plots.confusion_matrix(rng.integers(0, 30, (n, n)), names, normalize=n <= 10),
@@ -138,7 +140,7 @@ FIGURES = [
     "duplicate_groups", "label_distribution_comparison", "distribution_comparison", "image_batch",
     "feature_distributions", "feature_distributions_regression", "missingness", "correlation_heatmap",
     "target_distribution", "target_distribution_regression", "feature_importance", "feature_drift",
-    "curves", "confusion_matrix", "per_class_metrics", "predicted_vs_true", "learning_curve",
+    "property_auc_heatmap", "curves", "confusion_matrix", "per_class_metrics", "predicted_vs_true", "learning_curve",
 ]
 
 
@@ -205,6 +207,7 @@ def test_a_single_class_still_draws(build: Callable[[], Figure]) -> None:
     (lambda: plots.correlation_heatmap(pd.DataFrame({"a": [1.0, 1.0], "b": ["x", "y"]})), "Fewer than two numeric"),
     (lambda: plots.distribution_comparison([], [1.0], "size"), "one side has no values"),
     (lambda: plots.feature_drift(pd.DataFrame(columns=["property", "statistic", "q_value"]), 0.2), "No numeric columns"),
+    (lambda: plots.property_auc_heatmap(pd.DataFrame(), 0.97), "No class has enough items"),
 ])
 def test_nothing_to_plot_gives_a_figure_that_says_why(build: Callable[[], Figure], message: str) -> None:
     fig = build()

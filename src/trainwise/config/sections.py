@@ -210,6 +210,15 @@ class ChecksConfig(Section):
     min_class_items: int = Field(
         5, ge=1, description="items each class needs in the full data's training split"
     )
+    max_test_drift: float = Field(
+        0.2, ge=0, le=1, description="KS statistic allowed per property (images) or feature (tables), training split vs provided test set"
+    )
+    max_domain_auc: float = Field(
+        0.75, ge=0.5, le=1, description="ROC AUC allowed to a classifier telling training items from provided test items"
+    )
+    max_property_label_auc: float = Field(
+        0.97, ge=0.5, le=1, description="one-vs-rest AUC allowed to one image property picking out a class (a shortcut)"
+    )
     learning_curve_fractions: list[float] = Field(
         [0.1, 0.25, 0.5], description="training-set shares trained after the full run for the learning curve; [] to skip"
     )

@@ -19,6 +19,7 @@ from trainwise.plots.images import (
     ks_statistic,
     label_distribution_comparison,
     mean_images,
+    property_auc_heatmap,
     sample_grid,
     size_histograms,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "missingness",
     "per_class_metrics",
     "predicted_vs_true",
+    "property_auc_heatmap",
     "sample_grid",
     "save_png",
     "size_histograms",

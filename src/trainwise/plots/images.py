@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -216,4 +217,29 @@ def image_batch(images: np.ndarray, labels: Sequence[str] | None = None, title: 
     captions = None if labels is None else [list(map(str, labels[i:i + ncols])) for i in range(0, len(batch), ncols)]
     note = f"first {len(batch)} of {len(images)}" if len(images) > len(batch) else ""
     fig, _ = _grid(title, rows, captions=captions, note=note)
+    return fig
+
+
+def property_auc_heatmap(aucs: pd.DataFrame, threshold: float, *, max_classes: int = 30) -> Figure:
+    """Classes (rows) by image properties (columns): how well each property alone picks out the class
+    (one-vs-rest AUC, 0.5..1); cells over the threshold are outlined. Past `max_classes` rows, the
+    classes with the highest AUC are shown, with a note."""
+    title = "Classes picked out by one image property (one-vs-rest AUC)"
+    if aucs.empty:
+        return _message(title, "No class has enough items to judge.")
+    order = aucs.max(axis=1).sort_values(ascending=False, kind="stable").index
+    shown = aucs.loc[order[:max_classes]]
+    rows, cols = shown.shape
+    fig = _figure(2.5 + 0.55 * cols, 2.0 + 0.3 * rows)
+    ax = fig.add_subplot()
+    image = ax.imshow(shown.to_numpy(float), cmap="Oranges", vmin=0.5, vmax=1.0, aspect="auto")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="one-vs-rest AUC")
+    ax.set_xticks(np.arange(cols), [_text(c, 16) for c in shown.columns], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(np.arange(rows), [_text(c, 16) for c in shown.index], fontsize=8 if rows > 15 else 9)
+    for i, j in zip(*np.nonzero(shown.to_numpy(float) > threshold), strict=True):
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=ALERT, linewidth=2.5))
+    ax.set_xlabel("property")
+    ax.set_ylabel("class")
+    note = f"outlined: over {threshold:g}" + (f"; the {rows} of {len(aucs)} classes with the highest AUC" if rows < len(aucs) else "")
+    _head(fig, title, note)
     return fig

@@ -200,14 +200,15 @@ def feature_importance(scores: Mapping[str, float], method: str = "mutual inform
                   xlabel=method, note=note, fmt="{:.3g}")
 
 
-def feature_drift(drift: pd.DataFrame, threshold: float, *, fdr: float = 0.05, max_bars: int = 40) -> Figure:
-    """Sample-vs-full Kolmogorov-Smirnov statistic per column, largest first, with the threshold.
+def feature_drift(drift: pd.DataFrame, threshold: float, *, fdr: float = 0.05, max_bars: int = 40,
+                  title: str = "Sample vs full: KS statistic per column",
+                  xlabel: str = "Kolmogorov-Smirnov statistic (sample vs full)") -> Figure:
+    """Kolmogorov-Smirnov statistic per column (sample vs full, or any two sets), largest first, with the threshold.
 
     `drift` has columns property, statistic and q_value (Benjamini-Hochberg adjusted p). A column
     drifts when both its statistic is over the threshold and its q-value under `fdr`: red; one of
     the two: orange; neither: blue. Past `max_bars` columns the largest are shown, with a note.
     """
-    title = "Sample vs full: KS statistic per column"
     if drift.empty:
         return _message(title, "No numeric columns to compare.")
     ordered = drift.sort_values("statistic", ascending=False, kind="stable")
@@ -219,7 +220,7 @@ def feature_drift(drift: pd.DataFrame, threshold: float, *, fdr: float = 0.05, m
     note = (f"{len(ordered)} numeric columns, largest first; {verdict} (KS over {threshold:g} and "
             f"Benjamini-Hochberg q < {fdr:g})" + (f"; the {len(shown)} largest shown" if len(shown) < len(ordered) else ""))
     fig = _hbars(title, [str(name) for name in shown["property"]], [("KS", shown["statistic"].to_numpy(np.float64), MAIN)],
-                 xlabel="Kolmogorov-Smirnov statistic (sample vs full)", note=note, fmt="{:.3f}")
+                 xlabel=xlabel, note=note, fmt="{:.3f}")
     ax = fig.axes[0]
     colours = np.where(over & significant, ALERT, np.where(over | significant, SECOND, MAIN))
     for bar, colour in zip(ax.containers[0], colours, strict=True):

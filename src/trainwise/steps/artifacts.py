@@ -19,6 +19,9 @@ SAMPLE_DRIFT = "checks/sample_drift.csv"  # for people: KS statistic, p and q pe
 # prepare -> check, train, tune
 SPLITS = "splits.parquet"  # id -> train/val/test, for the full data and the sample
 CLASS_SIZES = "class_sizes.json"  # the smallest class per training split, a check row carried into check
+PROPERTY_CHECKS = "property_checks.json"  # test-vs-training drift and shortcut rows, carried into check
+TEST_DRIFT = "checks/test_drift.csv"  # for people: KS statistic, p and q per property or feature, worst first
+PROPERTY_LABEL_AUC = "checks/property_label_auc.csv"  # for people: class x image property one-vs-rest AUC
 NORMALIZATION = "normalization.json"  # per-channel mean/std from the training split
 PREPROCESSING = "preprocessing.json"  # what the served model must do to raw inputs
 CACHE_INFO = "cache.json"  # the decoded cache's key, size, channels and data digest (found or rebuilt by key)

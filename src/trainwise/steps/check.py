@@ -112,7 +112,11 @@ def carried_over(cfg: ProjectConfig, ctx: StepContext) -> list[CheckResult]:
                 "see quarantine.csv of the ingest run",
             )
         )
-    for step, name in (("prepare", "leakage.json"), ("prepare", artifacts.CLASS_SIZES), ("sample", artifacts.REPRESENTATIVENESS)):
+    carried = (
+        ("prepare", "leakage.json"), ("prepare", artifacts.CLASS_SIZES), ("prepare", artifacts.PROPERTY_CHECKS),
+        ("sample", artifacts.REPRESENTATIVENESS),
+    )  # fmt: skip
+    for step, name in carried:
         for row in json.loads(ctx.upstream_artifact(step, name).read_text())["checks"]:
             results.append(CheckResult(f"data_{row['name']}", row["passed"], row["value"], row["threshold"], row["meaning"], row["advice"]))
     return results

@@ -7,6 +7,7 @@ so the checks on the sample exercise exactly the pipeline that trains on the ful
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,11 @@ import torch
 from trainwise import plots
 from trainwise.checks import CheckResult, summary
 from trainwise.checks.class_sizes import class_size_check
+from trainwise.checks.drift import train_test_drift_checks
+from trainwise.checks.shortcuts import shortcut_check
 from trainwise.config import ProjectConfig
 from trainwise.data.cache import build_cache, channel_stats
+from trainwise.data.image_properties import image_properties
 from trainwise.data.manifest import data_digest
 from trainwise.data.records import list_images
 from trainwise.data.sampling import group_split, strata
@@ -55,8 +59,6 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     for result in sizes:
         run.log_figure(result.figure, f"checks/{result.name}.png")
         run.log_metrics({f"check.{result.name}": float(result.passed), "smallest_class_items": result.value})
-    full = splits[splits["scope"] == FULL]
-    run.set_tags({TAG_CHECKS: summary(leaks + sizes), TAG_SPLIT_DIGEST: data_digest(full[["id", "split"]].astype(str).itertuples(index=False))})
     for result in leaks:
         if not result.passed:
             log.warning("%s: %s = %g (allowed %g): %s", cfg.name, result.name, result.value, result.threshold, result.advice)
@@ -64,9 +66,58 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         if not result.passed:
             log.warning("%s: %s (fewer than %d): %s", cfg.name, result.meaning, cfg.checks.min_class_items, result.advice)
 
-    outputs = _prepare_images(cfg, run, ctx, data, splits) if cfg.task.is_image else _prepare_table(cfg, run, data, splits)
-    run.set_description(_markdown(cfg, counts, leaks, outputs))
+    if cfg.task.is_image:
+        outputs, found = _prepare_images(cfg, run, ctx, data, splits)
+    else:
+        outputs, found = _prepare_table(cfg, run, data, splits)
+    run.log_dict({"checks": [r.to_dict() for r in found.checks]}, artifacts.PROPERTY_CHECKS)
+    for result in found.checks:
+        if result.figure is not None:
+            run.log_figure(result.figure, f"checks/{result.name}.png")
+        if not result.passed:
+            log.warning("%s: %s = %.4g (allowed %.4g): %s. %s", cfg.name, result.name, result.value, result.threshold, result.meaning, result.advice)
+    run.log_metrics({f"check.{r.name}": float(r.passed) for r in found.checks} | {f"check_value.{r.name}": r.value for r in found.checks})
+    for table, artifact in ((found.drift, artifacts.TEST_DRIFT), (found.aucs, artifacts.PROPERTY_LABEL_AUC)):
+        if table is not None:
+            run.log_frame(table.reset_index() if artifact == artifacts.PROPERTY_LABEL_AUC else table, artifact)
+    full = splits[splits["scope"] == FULL]
+    run.set_tags({
+        TAG_CHECKS: summary(leaks + sizes + found.checks),
+        TAG_SPLIT_DIGEST: data_digest(full[["id", "split"]].astype(str).itertuples(index=False)),
+    })  # fmt: skip
+    run.set_description(_markdown(cfg, counts, leaks + sizes + found.checks, outputs))
     return outputs
+
+
+@dataclass
+class PropertyChecks:
+    """prepare's rows on item properties: test-vs-training drift, shortcuts; and the tables behind them."""
+
+    checks: list[CheckResult] = field(default_factory=list)
+    drift: pd.DataFrame | None = None  # per property or feature, training split vs provided test set
+    aucs: pd.DataFrame | None = None  # class x image property, one-vs-rest AUC
+
+
+def property_checks(cfg: ProjectConfig, data: IngestedData, splits: pd.DataFrame, properties: pd.DataFrame, *,
+                    kind: str, shortcuts: bool) -> PropertyChecks:
+    """Drift of the provided test set from the full training split (when there is a test set) and, for
+    `shortcuts`, classes of the labelled pool picked out by one property. `properties`: a row per item, by id."""
+    found = PropertyChecks()
+    if data.test is not None and len(data.test):
+        full = splits[splits["scope"] == FULL]
+        train_ids = full.loc[full["split"] == "train", "id"]
+        drift = train_test_drift_checks(
+            properties.loc[train_ids].reset_index(drop=True), properties.loc[data.test["id"]].reset_index(drop=True),
+            kind=kind, max_statistic=cfg.checks.max_test_drift, max_auc=cfg.checks.max_domain_auc, seed=cfg.split.seed,
+        )  # fmt: skip
+        found.checks += drift.checks
+        found.drift = drift.drift
+    if shortcuts:
+        labels = data.pool.set_index("id")[data.label]
+        result = shortcut_check(properties.loc[labels.index], labels, max_auc=cfg.checks.max_property_label_auc)
+        found.checks.append(result.check)
+        found.aucs = result.aucs
+    return found
 
 
 def make_splits(cfg: ProjectConfig, data: IngestedData, sample_ids: set[str]) -> pd.DataFrame:
@@ -154,7 +205,9 @@ def _leak_check(name: str, value: int, allowed: int) -> CheckResult:
     )
 
 
-def _prepare_images(cfg: ProjectConfig, run: StepRun, ctx: StepContext, data: IngestedData, splits: pd.DataFrame) -> dict[str, Any]:
+def _prepare_images(
+    cfg: ProjectConfig, run: StepRun, ctx: StepContext, data: IngestedData, splits: pd.DataFrame
+) -> tuple[dict[str, Any], PropertyChecks]:
     items = cache_items(data, splits)
     digest = ctx.tracker.get_run(ctx.upstream["ingest"]).data.tags["trainwise.data_digest"]
     root = list_images(cfg).root
@@ -178,7 +231,10 @@ def _prepare_images(cfg: ProjectConfig, run: StepRun, ctx: StepContext, data: In
     run.set_tags({"trainwise.cache_digest": cache.key})
     run.log_metrics({f"norm.mean_c{i}": m for i, m in enumerate(stats[FULL]["mean"])} | {f"norm.std_c{i}": s for i, s in enumerate(stats[FULL]["std"])})
     run.log_figure(augmentation_preview(cfg, images, position, splits, stats[FULL]), "augmentation_preview.png")
-    return {"cache": cache.key, "normalization": stats[FULL]}
+    manifest = pd.concat([data.pool, data.test] if data.test is not None else [data.pool], ignore_index=True).set_index("id")
+    properties = image_properties(manifest, images, position[manifest.index].to_numpy())
+    found = property_checks(cfg, data, splits, properties, kind="image properties", shortcuts=cfg.task.is_classification)
+    return {"cache": cache.key, "normalization": stats[FULL]}, found
 
 
 def augmentation_preview(cfg: ProjectConfig, images: np.ndarray, position: pd.Series, splits: pd.DataFrame, stats: dict) -> Any:
@@ -194,7 +250,7 @@ def augmentation_preview(cfg: ProjectConfig, images: np.ndarray, position: pd.Se
     return plots.image_batch(shown, [str(label) for label in train["label"]], title="Augmented training batch (as the network sees it)")
 
 
-def _prepare_table(cfg: ProjectConfig, run: StepRun, data: IngestedData, splits: pd.DataFrame) -> dict[str, Any]:
+def _prepare_table(cfg: ProjectConfig, run: StepRun, data: IngestedData, splits: pd.DataFrame) -> tuple[dict[str, Any], PropertyChecks]:
     fitted = {}
     for scope in (FULL, SAMPLE):
         train_ids = splits[(splits["scope"] == scope) & (splits["split"] == "train")]["id"]
@@ -208,7 +264,14 @@ def _prepare_table(cfg: ProjectConfig, run: StepRun, data: IngestedData, splits:
     dropped = fitted[FULL]["dropped"]
     if dropped:
         log.info("%s: dropped columns %s", cfg.name, dropped)
-    return {"features": len(TablePreprocessor.from_dict({k: v for k, v in fitted[FULL].items() if not k.startswith("target_")}).feature_names)}
+    prep = TablePreprocessor.from_dict({k: v for k, v in fitted[FULL].items() if not k.startswith("target_")})
+    found = PropertyChecks()
+    if data.test is not None and len(data.test):
+        # the features as the network sees them (one-hot categories, imputed gaps), identifiers dropped
+        rows = pd.concat([data.pool, data.test], ignore_index=True)
+        features = pd.DataFrame(prep.transform(rows), columns=prep.feature_names, index=rows["id"])
+        found = property_checks(cfg, data, splits, features, kind="features", shortcuts=False)
+    return {"features": len(prep.feature_names)}, found
 
 
 def _identifier_columns(data: IngestedData) -> dict[str, str]:
@@ -218,11 +281,11 @@ def _identifier_columns(data: IngestedData) -> dict[str, str]:
     return {f.column: "identifier-like" for f in findings if f.check == "identifier_like" and f.column}
 
 
-def _markdown(cfg: ProjectConfig, counts: pd.DataFrame, leaks: list[CheckResult], outputs: dict[str, Any]) -> str:
+def _markdown(cfg: ProjectConfig, counts: pd.DataFrame, checks: list[CheckResult], outputs: dict[str, Any]) -> str:
     lines = [f"# {cfg.name}: prepare", "", "| scope | split | items |", "|---|---|---:|"]
     lines += [f"| {r.scope} | {r.split} | {r.items:,} |" for r in counts.itertuples()]
-    lines += ["", "| leakage check | passed | found | allowed |", "|---|---|---:|---:|"]
-    lines += [f"| {r.name} | {'yes' if r.passed else '**no**'} | {r.value:g} | {r.threshold:g} |" for r in leaks]
+    lines += ["", "| data check | passed | value | threshold |", "|---|---|---:|---:|"]
+    lines += [f"| {r.name} | {'yes' if r.passed else '**no**'} | {r.value:.4g} | {r.threshold:.4g} |" for r in checks]
     if "normalization" in outputs:
         norm = outputs["normalization"]
         lines += ["", f"Normalisation (training split only): mean {np.round(norm['mean'], 4).tolist()}, std {np.round(norm['std'], 4).tolist()}."]
