@@ -465,8 +465,9 @@ def check_overfit_one_batch(setup: CheckSetup) -> CheckResult:
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]):
             break
-        # A batch memorised early needs no more steps: the question is whether it can be at all. A
-        # sound model memorises 16 items in 20-60 steps, and the steps it saves are the check's cost.
+        # A batch memorised early needs no more steps: the question is whether it can be at all. On
+        # the photo case this cut the check from 16.5 s (200 steps) to 2.1 s; the zoo's dropout-0.97
+        # case still fails it (judged in eval mode, as at the end).
         if (step + 1) % OVERFIT_EVAL_EVERY == 0 and step + 1 < setup.overfit_steps and judged()[0]:
             break
     passed, final, accuracy = judged()
