@@ -35,6 +35,14 @@ def test_digits_check_train_and_the_served_model(
     assert any(name.startswith("data_") for name in names)  # carried over from ingest, sample, prepare
     assert check.data.metrics["check.batch_independence"] == 1.0
     assert "suggested_lr" in check.data.metrics
+    # what each check cost, and the plan the budget chose, are in the run (issue 10 §4)
+    seconds = {k.removeprefix("check_seconds."): v for k, v in check.data.metrics.items() if k.startswith("check_seconds.")}
+    assert {"overfit_one_batch", "training_loss_decreases", "lr_range_test", "label_issues", "planning", "total"} <= set(seconds)
+    assert seconds["overfit_one_batch"] > 0 and seconds["training_loss_decreases"] > 0
+    assert seconds["total"] >= seconds["checks"] >= seconds["training_loss_decreases"]
+    assert all("seconds" in row for row in report["checks"])
+    assert int(check.data.params["check_plan.fit_epochs"]) >= 1 and float(check.data.params["check_plan.step_item_seconds"]) > 0
+    assert "| **total** |" in check.data.tags["mlflow.note.content"]
 
     (train,) = step_runs(tracking_server, unique_name, "train")
     assert train.info.status == "FINISHED"

@@ -70,6 +70,11 @@ def test_a_sound_setup_passes_every_check() -> None:
     assert {r.name for r in results if r.figure is not None} >= {"input_shape_and_range", "overfit_one_batch", "lr_range_test"}
     lr = next(r for r in results if r.name == "lr_range_test")
     assert 1e-6 < lr.extra["suggested_lr"] < 1.0
+    # every row says what it cost; a short fit is counted on the row it exists for
+    rows = {r.name: r for r in results}
+    assert all(r.seconds > 0 and "seconds" in r.to_dict() for r in results)
+    for fitted in ("training_loss_decreases", "label_shuffle_control", "input_independent_baseline"):
+        assert rows[fitted].seconds > rows["batch_independence"].seconds, fitted
 
 
 def test_unnormalised_inputs_fail_the_input_check() -> None:

@@ -21,12 +21,13 @@ class CheckResult:
     advice: str  # what to do when it fails
     figure: Figure | None = field(default=None, repr=False)
     extra: dict[str, float] = field(default_factory=dict)  # side results, e.g. the suggested learning rate
+    seconds: float = 0.0  # what the row cost to compute; work several rows share is counted once, on the row that ran it
 
     def __post_init__(self) -> None:
         # numpy's bool_ and float64 come out of comparisons on arrays; json (MLflow's log_dict)
         # writes a bool_ as the string "False", which every reader of checks.json takes as true
         self.passed = bool(self.passed)
-        self.value, self.threshold = float(self.value), float(self.threshold)
+        self.value, self.threshold, self.seconds = float(self.value), float(self.threshold), float(self.seconds)
         self.extra = {k: float(v) for k, v in self.extra.items()}
 
     def to_dict(self) -> dict[str, Any]:
@@ -37,6 +38,7 @@ class CheckResult:
             "threshold": self.threshold,
             "meaning": self.meaning,
             "advice": self.advice,
+            "seconds": round(self.seconds, 3),
             **({"extra": self.extra} if self.extra else {}),
         }
 

@@ -8,7 +8,9 @@ examples, a model that cannot even memorise one batch, leakage that lets shuffle
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -20,6 +22,7 @@ from torch import nn
 
 from trainwise import plots
 from trainwise.checks import CheckResult
+from trainwise.checks.budget import CheckPlan, Configured, fastest_threads, measure_step_cost, plan_checks
 from trainwise.checks.settings import check_configured_lr, check_destructive_augmentation
 from trainwise.config import ChecksConfig
 from trainwise.data.loading import PreparedData, Transform
@@ -28,6 +31,7 @@ from trainwise.engine import EngineConfig, FitResult, NonFiniteLossError, Tensor
 from trainwise.metrics import CLASSIFICATION
 
 SHUFFLE_ALPHA = 0.01  # the label-shuffle control's false-alarm rate on a small validation split
+OVERFIT_EVAL_EVERY = 10  # steps between the overfit check's looks at whether the batch is memorised yet
 
 
 @dataclass
@@ -42,6 +46,7 @@ class CheckSetup:
     pretrained: bool = False  # starts from model.init weights: the loss and bias at init are not a fresh net's
     freeze_backbone: bool = False  # training starts with the backbone frozen: check 4 checks the freeze holds
     augmented: bool = True  # the training transform augments at random (else destructive_augmentation is not judged)
+    plan: CheckPlan | None = None  # steps, items and epochs within checks.budget_seconds (`plan_for`); None: as configured
 
     @property
     def classification(self) -> bool:
@@ -71,6 +76,32 @@ class CheckSetup:
         data = self.train
         return (transform or self.eval_transform)(data.x[index]), data.y[index]
 
+    @property
+    def overfit_steps(self) -> int:
+        return self.plan.overfit_steps if self.plan else self.thresholds.overfit_steps
+
+    @property
+    def lr_range_steps(self) -> int:
+        return self.plan.lr_range_steps if self.plan else self.thresholds.lr_range_steps
+
+    @property
+    def lr_range_batch(self) -> int:
+        return self.plan.lr_range_batch if self.plan else min(self.engine.batch_size, len(self.train))
+
+    @property
+    def fit_engine(self) -> EngineConfig:
+        """The short fits' settings: the sample run's, for the planned epochs, without early stopping."""
+        epochs = self.plan.fit_epochs if self.plan else self.engine.epochs
+        return replace(self.engine, epochs=epochs, early_stopping_patience=None)
+
+    @cached_property
+    def fit_train(self) -> TensorData:
+        """The short fits' training items: the whole split, or the planned number of its first items in `order` (stratified)."""
+        if self.plan is None or self.plan.fit_items >= len(self.train):
+            return self.train
+        index = self.order[: self.plan.fit_items]
+        return TensorData(self.train.x[index], self.train.y[index])
+
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.classification:
             return nn.functional.cross_entropy(outputs.float(), y)
@@ -96,28 +127,113 @@ def stratified_order(groups: np.ndarray, *, seed: int) -> np.ndarray:
 
 
 def run_pipeline_checks(setup: CheckSetup) -> list[CheckResult]:
-    """Every check, cheapest first; the three short fits are shared by the checks that compare them."""
-    results = [
-        check_inputs(setup),
-        *([check_output_is_logits(setup)] if setup.classification else []),
-        check_loss_at_init(setup),
-        check_output_bias(setup),
-        check_parameters_update(setup),
-        check_finite_first_steps(setup),
-        check_batch_independence(setup),
-        check_overfit_one_batch(setup),
-    ]
-    real, zeros, shuffled = (short_fit(setup, mode) for mode in ("real", "zeros", "shuffled"))
-    results += [
-        _unless_diverged("input_independent_baseline", (real, zeros), lambda: check_input_independent(setup, real, zeros)),
-        _unless_diverged("label_shuffle_control", (shuffled,), lambda: check_label_shuffle(setup, shuffled)),
-        _unless_diverged("training_loss_decreases", (real,), lambda: check_loss_decreases(setup, real)),
-        _unless_diverged("beats_trivial_baseline", (real,), lambda: check_beats_trivial_baseline(setup, real)),
-    ]
-    if setup.data.is_image and setup.classification:
-        results.append(check_destructive_augmentation(setup, real))
-    lr_range = check_lr_range(setup)
-    return [*results, lr_range, check_configured_lr(setup, lr_range)]
+    """Every check, cheapest first; the three short fits are shared by the checks that compare them.
+
+    Each row carries its seconds: a short fit is counted on the row it exists for (the real fit on
+    training_loss_decreases, which beats_trivial_baseline and destructive_augmentation reuse).
+    """
+    with _torch_threads(setup.plan.threads if setup.plan else None) as available:
+        results = [
+            _timed(check_inputs, setup),
+            *([_timed(check_output_is_logits, setup)] if setup.classification else []),
+            _timed(check_loss_at_init, setup),
+            _timed(check_output_bias, setup),
+            _timed(check_parameters_update, setup),
+            _timed(check_finite_first_steps, setup),
+            _timed(check_batch_independence, setup),
+            _timed(check_overfit_one_batch, setup),
+        ]
+        real, zeros, shuffled = (short_fit(setup, mode, threads=available) for mode in ("real", "zeros", "shuffled"))
+        results += [
+            _unless_diverged("input_independent_baseline", (real, zeros), lambda: check_input_independent(setup, real, zeros), zeros.seconds),
+            _unless_diverged("label_shuffle_control", (shuffled,), lambda: check_label_shuffle(setup, shuffled), shuffled.seconds),
+            _unless_diverged("training_loss_decreases", (real,), lambda: check_loss_decreases(setup, real), real.seconds),
+            _unless_diverged("beats_trivial_baseline", (real,), lambda: check_beats_trivial_baseline(setup, real)),
+        ]
+        if setup.data.is_image and setup.classification:
+            results.append(_timed(_retuned(check_destructive_augmentation, available), setup, real))
+        lr_range = _timed(_retuned(check_lr_range, available), setup)
+        return [*results, lr_range, _timed(check_configured_lr, setup, lr_range)]
+
+
+def plan_for(setup: CheckSetup) -> CheckPlan:
+    """The checks' plan within checks.budget_seconds, from a few timed training steps of the project's
+    model at its image size (with the process's torch threads and with one, whichever is faster)."""
+    budget = setup.thresholds.budget_seconds
+    n = len(setup.train)
+    work = Configured(
+        train_items=n,
+        val_items=len(setup.val),
+        batch_size=setup.engine.batch_size,
+        sample_epochs=setup.engine.epochs,
+        overfit_steps=setup.thresholds.overfit_steps,
+        overfit_batch=min(setup.thresholds.overfit_batch_size, n),
+        lr_range_steps=setup.thresholds.lr_range_steps,
+        fits=3 + int(setup.data.is_image and setup.classification and setup.augmented),
+    )
+    if budget is None:
+        return plan_checks(work, None, None)
+    step = _probe_step(setup)
+    # One thread can beat two: on 2 cores with another process busy, a simple_cnn step on 8-px
+    # digits took 16 ms with 1 thread and 48 ms with 2 (intra-op threads wait on each other);
+    # resnet_small at 64 px 383 vs 552 ms. Unloaded, two threads usually win for larger models.
+    threads = (torch.get_num_threads(), 1) if torch.get_num_threads() > 1 else ()
+    cost, chosen = measure_step_cost(step, (min(work.overfit_batch, n), min(work.batch_size, n)), threads=threads)
+    return plan_checks(work, cost, budget, threads=chosen)
+
+
+def _probe_step(setup: CheckSetup) -> Callable[[int], None]:
+    """One training step of a fresh model on `size` items, as every training check takes them: a batch,
+    augmented, forward, backward, update."""
+    model = setup.build_model().train()
+    optimizer = make_optimizer(model, setup.engine)
+
+    def step(size: int) -> None:
+        x, y = setup.batch(size, transform=setup.train_transform)
+        optimizer.zero_grad(set_to_none=True)
+        setup.loss(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def retune_threads(setup: CheckSetup, available: int) -> None:
+    """Before a costly check, pick the thread count again from a few timed steps (about 1 s for a
+    64-px ResNet): load that comes after planning turns two threads slow. Measured on 2 shared
+    cores, photo case: with 2 threads chosen while the machine was quiet, the first short fit took
+    99 s while the three after it took 14-27 s. No-op without a plan or with one thread to use."""
+    if setup.plan is None or setup.plan.threads is None or available <= 1:
+        return
+    chosen, _ = fastest_threads(_probe_step(setup), setup.plan.fit_batch, (available, 1))
+    torch.set_num_threads(chosen)
+
+
+def _retuned(check: Callable[..., CheckResult], available: int) -> Callable[..., CheckResult]:
+    def run(setup: CheckSetup, *args: object) -> CheckResult:
+        retune_threads(setup, available)
+        return check(setup, *args)
+
+    return run
+
+
+def _timed(check: Callable[..., CheckResult], *args: object) -> CheckResult:
+    started = time.perf_counter()
+    result = check(*args)
+    result.seconds += time.perf_counter() - started
+    return result
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[int]:
+    """torch's intra-op threads set to `count` for the block (the plan's choice), then put back;
+    yields how many there were (what the block may choose from)."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield previous
+    finally:
+        torch.set_num_threads(previous)
 
 
 # -- 1. inputs just before the network --------------------------------------------------------------
@@ -328,8 +444,20 @@ def check_overfit_one_batch(setup: CheckSetup) -> CheckResult:
     model = setup.build_model().train()
     x, y = setup.batch(min(limits.overfit_batch_size, len(setup.train)))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # a plain, forgiving optimiser: this tests capacity and wiring
-    losses = []
-    for _ in range(limits.overfit_steps):
+    scale = math.log(setup.data.num_outputs) if setup.classification else 1.0
+    target = limits.overfit_loss_fraction * scale
+
+    def judged() -> tuple[bool, float, float]:
+        model.eval()  # dropout off, batch norm on its running statistics: no effect on the training that follows
+        with torch.no_grad():
+            outputs = model(x)
+            final = float(setup.loss(outputs, y))
+            accuracy = float((outputs.argmax(1) == y).float().mean()) if setup.classification else float("nan")
+        model.train()
+        return final <= target and (not setup.classification or accuracy == 1.0), final, accuracy
+
+    losses: list[float] = []
+    for step in range(setup.overfit_steps):
         optimizer.zero_grad()
         loss = setup.loss(model(x), y)
         loss.backward()
@@ -337,16 +465,15 @@ def check_overfit_one_batch(setup: CheckSetup) -> CheckResult:
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]):
             break
+        # A batch memorised early needs no more steps: the question is whether it can be at all. On
+        # the photo case this cut the check from 16.5 s (200 steps) to 2.1 s; the zoo's dropout-0.97
+        # case still fails it (judged in eval mode, as at the end).
+        if (step + 1) % OVERFIT_EVAL_EVERY == 0 and step + 1 < setup.overfit_steps and judged()[0]:
+            break
+    passed, final, accuracy = judged()
     model.eval()
-    with torch.no_grad():
-        outputs = model(x)
-        final = float(setup.loss(outputs, y))
-        accuracy = float((outputs.argmax(1) == y).float().mean()) if setup.classification else float("nan")
-    scale = math.log(setup.data.num_outputs) if setup.classification else 1.0
-    target = limits.overfit_loss_fraction * scale
-    passed = final <= target and (not setup.classification or accuracy == 1.0)
     shape = diagnose(losses)
-    meaning = f"loss after {len(losses)} steps on one batch of {len(x)} (target {target:.3f})" + (f", accuracy {accuracy:.0%}" if setup.classification else "")
+    meaning = f"loss after {len(losses)} of at most {setup.overfit_steps} steps on one batch of {len(x)} (target {target:.3f})" + (f", accuracy {accuracy:.0%}" if setup.classification else "")
     figure = plots.curves({"training loss": losses}, title="Overfitting one batch", xlabel="step", ylabel="loss", log_y=all(v > 0 for v in losses), note=shape)
     return CheckResult("overfit_one_batch", passed, final, target, meaning, f"the loss curve looks {shape}", figure)
 
@@ -376,33 +503,42 @@ class ShortFit:
     result: FitResult
     val_metrics: dict[str, float]
     error: str = ""  # why the fit stopped (the loss became NaN), when it did
+    seconds: float = 0.0
 
 
-def short_fit(setup: CheckSetup, mode: str) -> ShortFit:
-    """Train on the sample: real data, zeroed inputs, or shuffled labels; evaluate on matching validation data."""
-    train, val = setup.train, setup.val
+def short_fit(setup: CheckSetup, mode: str, *, threads: int = 1) -> ShortFit:
+    """Train on the sample: real data, zeroed inputs, or shuffled labels; evaluate on matching validation data.
+    `threads`: what the thread count may be chosen from again first (`retune_threads`)."""
+    started = time.perf_counter()
+    retune_threads(setup, threads)
+    train, val = setup.fit_train, setup.val
     if mode == "zeros":
         train, val = TensorData(torch.zeros_like(train.x), train.y), TensorData(torch.zeros_like(val.x), val.y)
     elif mode == "shuffled":
         order = torch.randperm(len(train.y), generator=torch.Generator().manual_seed(setup.engine.seed + 7))
         train = TensorData(train.x, train.y[order])
-    trainer = Trainer(setup.build_model(), replace(setup.engine, early_stopping_patience=None), train_transform=setup.train_transform, eval_transform=setup.eval_transform)
+    trainer = Trainer(setup.build_model(), setup.fit_engine, train_transform=setup.train_transform, eval_transform=setup.eval_transform)
     try:
         result = trainer.fit(train, val)
     except NonFiniteLossError as error:  # failed rows for the checks on this fit (_unless_diverged), not a crash of the step
-        return ShortFit(FitResult(history=[], best_epoch=0, best_value=float("nan"), best_state={}, stop_reason="diverged"), {}, str(error))
-    return ShortFit(result, result.history[-1] if result.history else {})
+        failed = FitResult(history=[], best_epoch=0, best_value=float("nan"), best_state={}, stop_reason="diverged")
+        return ShortFit(failed, {}, str(error), time.perf_counter() - started)
+    return ShortFit(result, result.history[-1] if result.history else {}, seconds=time.perf_counter() - started)
 
 
-def _unless_diverged(name: str, fits: tuple[ShortFit, ...], check: Callable[[], CheckResult]) -> CheckResult:
-    """The check, or a failed row naming the divergence when one of the fits it compares stopped on NaN."""
+def _unless_diverged(name: str, fits: tuple[ShortFit, ...], check: Callable[[], CheckResult], seconds: float = 0.0) -> CheckResult:
+    """The check, or a failed row naming the divergence when one of the fits it compares stopped on NaN;
+    `seconds`: the fit this row is counted with."""
     broken = next((fit for fit in fits if fit.error), None)
     if broken is None:
-        return check()
-    return CheckResult(
-        name, False, float("nan"), 0.0, f"not judged: its short fit on the sample diverged ({broken.error})",
-        "lower train.lr, set train.grad_clip, or look for log(0) / division by zero in the model",
-    )  # fmt: skip
+        result = _timed(check)
+    else:
+        result = CheckResult(
+            name, False, float("nan"), 0.0, f"not judged: its short fit on the sample diverged ({broken.error})",
+            "lower train.lr, set train.grad_clip, or look for log(0) / division by zero in the model",
+        )  # fmt: skip
+    result.seconds += seconds
+    return result
 
 
 def _score(setup: CheckSetup, fit: ShortFit) -> float:
@@ -496,7 +632,7 @@ def check_beats_trivial_baseline(setup: CheckSetup, real: ShortFit) -> CheckResu
 def check_lr_range(setup: CheckSetup) -> CheckResult:
     """Raise the learning rate exponentially over the steps; the loss should dip before it explodes."""
     thresholds = setup.thresholds
-    steps, low, high, valley = thresholds.lr_range_steps, thresholds.lr_range_low, thresholds.lr_range_high, thresholds.lr_valley_ratio
+    steps, low, high, valley = setup.lr_range_steps, thresholds.lr_range_low, thresholds.lr_range_high, thresholds.lr_valley_ratio
     model = setup.build_model().train()
     optimizer = make_optimizer(model, replace(setup.engine, lr=low))
     rates = np.geomspace(low, high, steps)
@@ -505,7 +641,7 @@ def check_lr_range(setup: CheckSetup) -> CheckResult:
     for i, rate in enumerate(rates):
         for group in optimizer.param_groups:
             group["lr"] = float(rate)
-        index = torch.randint(len(setup.train), (min(setup.engine.batch_size, len(setup.train)),), generator=generator)
+        index = torch.randint(len(setup.train), (setup.lr_range_batch,), generator=generator)
         x = setup.train_transform(setup.train.x[index])
         loss = setup.loss(model(x), setup.train.y[index])
         optimizer.zero_grad()

@@ -4,7 +4,6 @@ test, and augmentation that destroys what the label says (a 180-degree turn make
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -64,12 +63,10 @@ def check_destructive_augmentation(setup: CheckSetup, real: ShortFit) -> CheckRe
         return CheckResult("destructive_augmentation", True, 0.0, limit, "not judged: no random augmentation is configured", "")
     if real.error or not real.result.best_state:
         return CheckResult("destructive_augmentation", True, float("nan"), limit, f"not judged: the sample run did not finish ({real.error})", "")
-    trainer = Trainer(
-        setup.build_model(), replace(setup.engine, early_stopping_patience=None),
-        train_transform=setup.eval_transform, eval_transform=setup.eval_transform,
-    )  # fmt: skip
+    # the same items, epochs and batches as the sample run's model it is compared with
+    trainer = Trainer(setup.build_model(), setup.fit_engine, train_transform=setup.eval_transform, eval_transform=setup.eval_transform)
     try:
-        plain_fit = trainer.fit(setup.train, setup.val)
+        plain_fit = trainer.fit(setup.fit_train, setup.val)
     except NonFiniteLossError as error:
         return CheckResult("destructive_augmentation", True, float("nan"), limit, f"not judged: {error}", "")
     device = next(trainer.model.parameters()).device

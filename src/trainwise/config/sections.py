@@ -181,6 +181,13 @@ class ChecksConfig(Section):
         15, ge=2, description="epochs of the check step's short runs on the sample (its own budget: the sample is small)"
     )
     output_bias_tolerance: float = Field(0.01, ge=0, description="largest |softmax(output bias) - class prior| allowed")
+    budget_seconds: float | None = Field(
+        100.0,
+        gt=0,
+        description="seconds the training checks may take on this machine: overfit_steps, sample_epochs, the short fits' items "
+        "and the range test shrink together (never below floors that keep them meaningful) when a measured training step "
+        "says the configured ones would take longer; null runs them as configured",
+    )
     lr_range_steps: int = Field(100, ge=5)
     lr_range_low: float = Field(1e-6, gt=0, description="first learning rate of the range test's exponential sweep")
     lr_range_high: float = Field(1.0, gt=0, description="last learning rate of the range test's sweep")

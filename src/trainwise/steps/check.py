@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 import torch
 
 from trainwise.checks import CheckResult, summary
+from trainwise.checks.budget import CheckPlan
 from trainwise.checks.labels import image_features, label_issue_checks
-from trainwise.checks.pipeline import CheckSetup, run_pipeline_checks
+from trainwise.checks.pipeline import CheckSetup, plan_for, run_pipeline_checks
 from trainwise.config import ProjectConfig
 from trainwise.data.loading import PreparedData, augments_at_random, image_transforms
 from trainwise.datacard import CardSection, render_html
@@ -35,6 +38,7 @@ LABEL_ISSUES = "label_issues.csv"  # suspected label errors of the sample, worst
 
 
 def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
+    started = time.perf_counter()
     data = load_prepared_data(cfg, ctx, "sample")
     if data.is_image:
         train_transform, eval_transform = image_transforms(cfg, data)
@@ -53,7 +57,19 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         freeze_backbone=cfg.model.freeze_backbone_epochs > 0,
         augmented=data.is_image and augments_at_random(cfg),
     )
-    results = run_pipeline_checks(setup) + label_checks(cfg, run, data) + carried_over(cfg, ctx)
+    planning = time.perf_counter()
+    plan = plan_for(setup)  # a few timed training steps, then what fits checks.budget_seconds
+    setup = replace(setup, plan=plan)
+    costs = {"loading": planning - started, "planning": time.perf_counter() - planning}
+    log.info("check plan: %s", plan.describe())
+    results = run_pipeline_checks(setup)
+    labelling = time.perf_counter()
+    labels = label_checks(cfg, run, data)
+    if labels:  # one model and one cleanlab pass give both rows: counted once, on the first
+        labels[0].seconds += time.perf_counter() - labelling
+    results += labels + carried_over(cfg, ctx)
+    costs["checks"] = sum(r.seconds for r in results)
+    costs["total"] = time.perf_counter() - started  # up to here: logging the report follows
     passed = all(r.passed for r in results)
 
     rows = pd.DataFrame([r.to_dict() for r in results]).drop(columns=["extra"], errors="ignore")
@@ -64,14 +80,18 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
             run.log_figure(result.figure, f"checks/{result.name}.png")
     metrics = {f"check.{r.name}": float(r.passed) for r in results} | {f"check_value.{r.name}": r.value for r in results}
     metrics |= {k: v for r in results for k, v in r.extra.items()}
+    metrics |= {f"check_seconds.{r.name}": r.seconds for r in results} | {f"check_seconds.{k}": v for k, v in costs.items()}
+    metrics |= {f"check_plan.estimated_seconds.{k}": v for k, v in plan.estimates.items()}
     run.log_metrics(metrics)
+    run.log_params(plan.to_params())
     run.set_tags({TAG_CHECKS: summary(results)})
     run.log_text(render_html(f"{cfg.name}: pipeline checks ({summary(results)})", [_section(r) for r in results]), REPORT)
-    run.set_description(_markdown(cfg, results))
+    run.set_description(_markdown(cfg, results, plan, costs))
     for result in results:
         if not result.passed:
             log.warning("check %s failed: %.4g vs %.4g: %s. %s", result.name, result.value, result.threshold, result.meaning, result.advice)
-    return {"passed": passed, "checks": summary(results), "failed": [r.name for r in results if not r.passed]}
+    log.info("check step: %.1f s (checks %.1f s, planning %.1f s)", costs["total"], costs["checks"], costs["planning"])
+    return {"passed": passed, "checks": summary(results), "failed": [r.name for r in results if not r.passed], "seconds": costs["total"]}
 
 
 def label_checks(cfg: ProjectConfig, run: StepRun, data: PreparedData) -> list[CheckResult]:
@@ -130,10 +150,19 @@ def _section(result: CheckResult) -> CardSection:
     return CardSection(f"{'✔' if result.passed else '✘'} {result.name}", text, {result.name: result.figure} if result.figure is not None else {})
 
 
-def _markdown(cfg: ProjectConfig, results: list[CheckResult]) -> str:
-    lines = [f"# {cfg.name}: pipeline checks, {summary(results)}", "", "| check | passed | value | threshold |", "|---|---|---:|---:|"]
-    lines += [f"| {r.name} | {'yes' if r.passed else '**no**'} | {r.value:.4g} | {r.threshold:.4g} |" for r in results]
-    lines += ["", f"Figures under `checks/`, the full report in `{REPORT}`."]
+def _markdown(cfg: ProjectConfig, results: list[CheckResult], plan: CheckPlan, costs: dict[str, float]) -> str:
+    lines = [f"# {cfg.name}: pipeline checks, {summary(results)}", "", "| check | passed | value | threshold | seconds |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r.name} | {'yes' if r.passed else '**no**'} | {r.value:.4g} | {r.threshold:.4g} | {r.seconds:.1f} |" for r in results]
+    lines += [
+        f"| **total** | | | | {costs['total']:.1f} |",
+        "",
+        f"Seconds: {costs['checks']:.1f} in the checks, {costs['planning']:.1f} timing training steps to plan them, "
+        f"{costs['loading']:.1f} loading the sample (a short fit is counted on the row it exists for: the real one on "
+        "training_loss_decreases, which beats_trivial_baseline and destructive_augmentation reuse). "
+        f"Plan: {plan.describe()}.",
+        "",
+        f"Figures under `checks/`, the full report in `{REPORT}`.",
+    ]
     return "\n".join(lines)
 
 
