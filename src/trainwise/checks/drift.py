@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from trainwise import plots
 from trainwise.checks import CheckResult
-from trainwise.checks.representativeness import FALSE_DISCOVERY_RATE, WORST_LISTED
+from trainwise.checks.representativeness import FALSE_DISCOVERY_RATE, WORST_LISTED, drift_summary
 
 MAX_ITEMS = 5000  # per side for the domain classifier: its AUC is as sure on 5,000 as on 70,000
 FOLDS = 5
@@ -75,10 +75,8 @@ def train_test_drift_checks(
 ) -> TrainTestDrift:
     """The property-drift and domain-classifier rows; `kind` names the columns ('image properties', 'features')."""
     drift = property_drift(train, test)
-    drift["drifted"] = (drift["statistic"] > max_statistic) & (drift["q_value"] < FALSE_DISCOVERY_RATE)
-    significant = drift[drift["q_value"] < FALSE_DISCOVERY_RATE]
-    drifted = drift[drift["drifted"]]
-    value = float(significant["statistic"].max()) if len(significant) else 0.0
+    _, drifted, value = drift_summary(drift, max_statistic)
+    drift["drifted"] = drift.index.isin(drifted.index)
     worst = ", ".join(f"{r.property} (KS {r.statistic:.3f}, q {r.q_value:.2g})" for r in drift.head(WORST_LISTED).itertuples())
     rows = [
         CheckResult(

@@ -96,6 +96,14 @@ def feature_drift(full: pd.DataFrame, sample: pd.DataFrame, columns: Sequence[st
     return table.sort_values(["statistic", "p_value"], ascending=[False, True], kind="stable", ignore_index=True)
 
 
+def drift_summary(drift: pd.DataFrame, max_statistic: float, *, fdr: float = FALSE_DISCOVERY_RATE) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """The columns whose gap is significant (q-value under `fdr`), those of them over `max_statistic`
+    (drifted), and the row's value: the largest significant statistic, 0 when none is."""
+    significant = drift[drift["q_value"] < fdr]
+    value = float(significant["statistic"].max()) if len(significant) else 0.0
+    return significant, significant[significant["statistic"] > max_statistic], value
+
+
 def feature_drift_check(drift: pd.DataFrame, max_statistic: float, *, fdr: float = FALSE_DISCOVERY_RATE) -> CheckResult:
     """One row for every column of a table: it fails when some column's KS statistic is over
     `max_statistic` and its gap is unlikely to be chance (q-value under `fdr`).
@@ -105,9 +113,7 @@ def feature_drift_check(drift: pd.DataFrame, max_statistic: float, *, fdr: float
     small to matter. The value is the largest statistic among the significant columns (0 when
     none is), so value <= threshold exactly when the row passes, as for every other row.
     """
-    significant = drift[drift["q_value"] < fdr]
-    value = float(significant["statistic"].max()) if len(significant) else 0.0
-    drifted = significant[significant["statistic"] > max_statistic]
+    significant, drifted, value = drift_summary(drift, max_statistic, fdr=fdr)
     worst = ", ".join(
         f"{r.property} (KS {r.statistic:.3f}, p {r.p_value:.2g}, q {r.q_value:.2g})"
         for r in drift.head(WORST_LISTED).itertuples()

@@ -77,9 +77,10 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         if not result.passed:
             log.warning("%s: %s = %.4g (allowed %.4g): %s. %s", cfg.name, result.name, result.value, result.threshold, result.meaning, result.advice)
     run.log_metrics({f"check.{r.name}": float(r.passed) for r in found.checks} | {f"check_value.{r.name}": r.value for r in found.checks})
-    for table, artifact in ((found.drift, artifacts.TEST_DRIFT), (found.aucs, artifacts.PROPERTY_LABEL_AUC)):
-        if table is not None:
-            run.log_frame(table.reset_index() if artifact == artifacts.PROPERTY_LABEL_AUC else table, artifact)
+    if found.drift is not None:
+        run.log_frame(found.drift, artifacts.TEST_DRIFT)
+    if found.aucs is not None:
+        run.log_frame(found.aucs.reset_index(), artifacts.PROPERTY_LABEL_AUC)  # the class names as a column
     full = splits[splits["scope"] == FULL]
     run.set_tags({
         TAG_CHECKS: summary(leaks + sizes + found.checks),
