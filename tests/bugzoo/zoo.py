@@ -42,7 +42,7 @@ train: {{epochs: 5, batch_size: 64, optimizer: adamw, lr: {lr}, weight_decay: 0.
 WINE_YAML = """\
 name: {name}
 task: {{type: tabular_classification, target: target, metric: accuracy}}
-data: {{source: {{kind: tabular, path: train.csv}}}}
+data: {{source: {{kind: tabular, path: train.csv, test_path: test.csv}}}}
 sample: {{fraction: 0.6}}
 split: {{val: 0.2, test: 0.2, seed: 0}}
 model: {{name: mlp}}
@@ -110,10 +110,14 @@ def user_model(folder: Path, **edits: str) -> None:
     (folder / "net.py").write_text(USER_CNN.format(**(CLEAN_CNN | edits)))
 
 
-def wine_project(folder: Path, name: str, frame: pd.DataFrame | None = None) -> Path:
+def wine_project(folder: Path, name: str, frame: pd.DataFrame | None = None, test_change: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> Path:
+    """The wine table as train.csv, and a fifth of it (at random, without the target) as the unlabelled test.csv."""
     folder.mkdir(parents=True, exist_ok=True)
     wine = load_wine(as_frame=True).frame if frame is None else frame
-    wine.to_csv(folder / "train.csv", index=False)
+    test = wine.sample(frac=0.2, random_state=0)
+    wine.drop(test.index).to_csv(folder / "train.csv", index=False)
+    test = test.drop(columns="target")
+    (test_change(test) if test_change else test).to_csv(folder / "test.csv", index=False)
     (folder / "project.yaml").write_text(WINE_YAML.format(name=name))
     return folder
 
@@ -225,6 +229,11 @@ def _case_flipped_table(folder: Path) -> None:
     wine_project(folder, folder.name, flipped_table(0.3))
 
 
+def _case_unit_change_test_table(folder: Path) -> None:
+    """The test rows exported in other units: magnesium in g/L instead of mg/L, proline per 10 mL."""
+    wine_project(folder, folder.name, test_change=lambda t: t.assign(magnesium=t.magnesium / 1000, proline=t.proline / 100))
+
+
 def _case_tiny_class_table(folder: Path) -> None:
     wine = load_wine(as_frame=True).frame
     extra = wine.sample(2, random_state=0).assign(target=3)
@@ -268,6 +277,8 @@ CASES = [
          "the unlabelled test images colour-inverted"),
     Case("resized_test_set", "data", ("data_test_property_drift", "data_test_domain_classifier_auc"), _case_resized_test,
          "the unlabelled test images at 32 px, training at 8 px"),
+    Case("unit_change_test_table", "data", ("data_test_property_drift", "data_test_domain_classifier_auc"), _case_unit_change_test_table,
+         "the wine test rows with two columns in other units"),
     Case("dark_class", "data", ("data_label_from_properties",), _case_dark_class, "class 3's images at 40% brightness"),
     Case("png_only_class", "data", ("data_label_from_properties",), _case_png_class, "class 3 the only PNGs, the rest JPEG"),
     Case("corrupt_files", "data", ("ingest refused",), _case_corrupt_files, "every 20th file truncated", refusal="are unusable, over data.max_bad_fraction"),
