@@ -62,6 +62,8 @@ class EngineConfig:
     momentum: float = 0.9  # SGD (Nesterov)
     schedule: str = "onecycle"
     label_smoothing: float = 0.0
+    class_weights: tuple[float, ...] | None = None  # the training loss's per-class weights; evaluation stays unweighted
+    balanced_sampling: bool = False  # each epoch draws its items with replacement, every class equally likely
     grad_clip: float | None = None
     early_stopping_patience: int | None = None
     device: str = "auto"
@@ -172,9 +174,15 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.amp_dtype: torch.dtype | None = None
         self.scaler: torch.amp.GradScaler | None = None
-        self.loss_fn: nn.Module = (
+        # The training objective may weight classes; evaluation keeps the plain loss, so val_loss is
+        # the textbook mean over items whatever the training options (and comparable across them).
+        self.eval_loss_fn: nn.Module = (
             nn.CrossEntropyLoss(label_smoothing=config.label_smoothing) if config.task == CLASSIFICATION else nn.MSELoss()
         )
+        self.loss_fn: nn.Module = self.eval_loss_fn
+        if config.class_weights is not None:
+            weight = torch.tensor(config.class_weights, dtype=torch.float32, device=self.device)
+            self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
         self.epoch = 0  # epochs completed
         self.global_step = 0
         self.history: list[dict[str, float]] = []
@@ -282,7 +290,7 @@ class Trainer:
         meter = MetricAccumulator(self.config.task, self.config.num_outputs, self.device, self.config.target_scale)
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch)
         # Drawn on the CPU whatever the device, so a run shuffles the same on every machine.
-        order = torch.randperm(len(data), generator=generator).to(data.x.device)
+        order = epoch_order(data.y, generator, balanced=self.config.balanced_sampling).to(data.x.device)
         for step in range(steps_per_epoch):
             index = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
             x = self._inputs(data.x[index], self.train_transform)
@@ -341,7 +349,7 @@ class Trainer:
     def evaluate(self, data: TensorData, *, batch_size: int | None = None) -> dict[str, float]:
         meter = MetricAccumulator(self.config.task, self.config.num_outputs, self.device, self.config.target_scale)
         for outputs, y in self._batches(data, batch_size):
-            loss = self.loss_fn(_shape(outputs, self.config), y)
+            loss = self.eval_loss_fn(_shape(outputs, self.config), y)
             meter.update(outputs.float(), y, loss)
         return meter.compute()
 
@@ -397,6 +405,19 @@ class Trainer:
         self.best_value, self.best_epoch, self.best_state = state["best"]["value"], state["best"]["epoch"], state["best"]["state"]
         self.epochs_without_improvement = int(state["early_stopping"]["epochs_without_improvement"])
         set_rng_state(state["rng"])
+
+
+def epoch_order(y: torch.Tensor, generator: torch.Generator, *, balanced: bool = False) -> torch.Tensor:
+    """One epoch's item indices: a permutation, or (balanced) len(y) draws with replacement, each class equally likely.
+
+    The balanced draw is what torch's WeightedRandomSampler does (multinomial over 1 / class count),
+    taken as one tensor so batches are still slices of it.
+    """
+    if not balanced:
+        return torch.randperm(len(y), generator=generator)
+    labels = y.cpu().long()
+    weights = (1.0 / torch.bincount(labels).double())[labels]
+    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
 
 
 def rng_state() -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,8 +27,39 @@ def build_model(cfg: ProjectConfig, data: PreparedData, *, seed: int | None = No
     elif cfg.model.prior_bias_init:
         # Classification: logits start at log(prior), so the loss at init is the prior's entropy.
         # Regression: targets are standardised, so a zero bias already predicts the mean.
-        init_output_bias(model, data.prior() if data.task == CLASSIFICATION else 0.0)
+        init_output_bias(model, training_prior(cfg, data) if data.task == CLASSIFICATION else 0.0)
     return model
+
+
+def balanced_training(cfg: ProjectConfig) -> bool:
+    """Does the training loss see every class alike (class-weighted loss or a balanced sampler)?"""
+    return cfg.train.class_weight == "balanced" or cfg.train.sampler == "balanced"
+
+
+def training_prior(cfg: ProjectConfig, data: PreparedData) -> list[float]:
+    """The class shares the training loss sees: the training split's, or uniform when training is balanced.
+
+    The output bias starts here (the constant prediction that minimises that loss), and the check of
+    the loss at init expects this prior's entropy.
+    """
+    prior = data.prior()
+    if not balanced_training(cfg):
+        return prior
+    present = sum(1 for share in prior if share > 0)
+    return [1.0 / present if share > 0 else 0.0 for share in prior]
+
+
+def class_weights(cfg: ProjectConfig, data: PreparedData) -> tuple[float, ...] | None:
+    """scikit-learn's "balanced" weights from the training split (n / (C x count)); a class absent from it gets 0."""
+    if cfg.train.class_weight != "balanced" or data.task != CLASSIFICATION:
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = data.splits["train"].y.numpy()
+    present = np.unique(y)
+    weights = np.zeros(data.num_outputs)
+    weights[present] = compute_class_weight("balanced", classes=present, y=y)
+    return tuple(float(w) for w in weights)
 
 
 def engine_config(cfg: ProjectConfig, data: PreparedData, *, epochs: int | None = None, early_stopping: bool = True) -> EngineConfig:
@@ -44,6 +76,8 @@ def engine_config(cfg: ProjectConfig, data: PreparedData, *, epochs: int | None 
         momentum=train.momentum,
         schedule=train.schedule,
         label_smoothing=train.label_smoothing if data.task == CLASSIFICATION else 0.0,
+        class_weights=class_weights(cfg, data),
+        balanced_sampling=train.sampler == "balanced" and data.task == CLASSIFICATION,
         grad_clip=train.grad_clip,
         early_stopping_patience=train.early_stopping_patience if early_stopping else None,
         device=train.device,

@@ -83,7 +83,8 @@ def test_failed_checks_stop_training_unless_skipped(tracking_server: str, unique
 def test_tabular_training_and_model(tracking_server: str, unique_name: str, project: str) -> None:
     # diabetes: the sample is drawn from the full training split (265 of 442 rows); 200 of them keep
     # the checks' own validation split (30 rows) large enough to judge "beats the trivial baseline".
-    extra = " sample.size=200" if project == "diabetes" else ""
+    # wine trains balanced (class-weighted loss and the balanced sampler) through every step that trains
+    extra = " sample.size=200" if project == "diabetes" else " train.class_weight=balanced train.sampler=balanced"
     invoke("run", "--project", str(REPO / "projects" / project), "--set", f"name={unique_name} train.epochs=20{extra}", "--dry-run")
     (train,) = step_runs(tracking_server, unique_name, "train")
     model = mlflow.pyfunc.load_model(train.data.tags["trainwise.model_uri"])
@@ -92,7 +93,8 @@ def test_tabular_training_and_model(tracking_server: str, unique_name: str, proj
     frame = getattr(datasets, f"load_{project}")(as_frame=True).frame.drop(columns=["target"]).head(4)
     predicted = model.predict(frame)
     if project == "wine":
-        assert train.data.metrics["test_accuracy"] > 0.8
+        assert train.data.metrics["test_accuracy"] > 0.8 and train.data.metrics["test_balanced_accuracy"] > 0.8
+        assert train.data.params["train.class_weight"] == train.data.params["train.sampler"] == "balanced"
         assert set(predicted["label"]) <= {"class_0", "class_1", "class_2"}
     else:
         assert train.data.metrics["test_rmse"] < 75  # the target's std is 77

@@ -43,6 +43,7 @@ class CheckSetup:
     eval_transform: Transform
     thresholds: ChecksConfig
     prior_bias_init: bool
+    init_prior: list[float] | None = None  # the shares the output bias starts at (fitting.training_prior); None: data.prior()
     pretrained: bool = False  # starts from model.init weights: the loss and bias at init are not a fresh net's
     freeze_backbone: bool = False  # training starts with the backbone frozen: check 4 checks the freeze holds
     augmented: bool = True  # the training transform augments at random (else destructive_augmentation is not judged)
@@ -51,6 +52,11 @@ class CheckSetup:
     @property
     def classification(self) -> bool:
         return self.data.task == CLASSIFICATION
+
+    @property
+    def bias_prior(self) -> list[float]:
+        """The class shares the output bias starts at: the training split's, uniform when training is balanced."""
+        return self.init_prior if self.init_prior is not None else self.data.prior()
 
     @property
     def train(self) -> TensorData:
@@ -301,7 +307,7 @@ def check_output_is_logits(setup: CheckSetup) -> CheckResult:
 def expected_initial_loss(setup: CheckSetup) -> tuple[float, str]:
     if not setup.classification:
         return 1.0, "the standardised target's variance (1)"
-    prior = torch.tensor(setup.data.prior())
+    prior = torch.tensor(setup.bias_prior)
     if setup.prior_bias_init:
         entropy = float(-(prior[prior > 0] * prior[prior > 0].log()).sum())
         return entropy, f"the class prior's entropy ({entropy:.3f})"
@@ -337,7 +343,7 @@ def check_output_bias(setup: CheckSetup) -> CheckResult:
     bias = output_layer(setup.build_model()).bias
     if setup.classification:
         shares = torch.softmax(bias.detach().float(), dim=0)
-        error = float((shares - torch.tensor(setup.data.prior())).abs().max())
+        error = float((shares - torch.tensor(setup.bias_prior)).abs().max())
         meaning = "largest difference between softmax(output bias) and the class prior"
     else:
         error = float(bias.detach().abs().max())

@@ -53,6 +53,10 @@ class ProjectConfig(Section):
         kind = self.data.source.kind
         if self.task.is_image != (kind in IMAGE_SOURCE_KINDS):
             raise ValueError(f"data.source.kind {kind!r} does not fit task.type {self.task.type!r}")
+        if not self.task.is_classification:
+            for key, default in (("class_weight", "none"), ("sampler", "shuffle")):
+                if getattr(self.train, key) != default:
+                    raise ValueError(f"train.{key} {getattr(self.train, key)!r} needs classes; task.type {self.task.type!r} has none")
         if self.registry.model_name is None:
             self.registry.model_name = f"trainwise-{self.name}"
         return self

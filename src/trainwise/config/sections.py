@@ -156,6 +156,12 @@ class TrainConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum")
     schedule: Literal["onecycle", "cosine", "step", "none"] = "onecycle"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weight: Literal["none", "balanced"] = Field(
+        "none", description="balanced: each class's loss weighted by n / (C x its training items), as scikit-learn's class_weight"
+    )
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="balanced: each epoch draws its items with replacement, every class equally often"
+    )
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     early_stopping_patience: int | None = Field(5, ge=1, description="epochs without improvement before stopping")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

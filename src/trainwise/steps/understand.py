@@ -18,6 +18,8 @@ from trainwise.tracking import StepRun
 log = logging.getLogger(__name__)
 
 _MAX_CLASS_ROWS = 30
+IMBALANCE_RATIO = 3.0  # largest / smallest class from which the card advises on metric and training
+BALANCED_METRICS = ("balanced_accuracy", "f1_macro")
 
 _TASK_WORDS = {
     "image_classification": "image classification",
@@ -67,7 +69,7 @@ def problem_card(cfg: ProjectConfig, data: Peek) -> str:
     lines += ["| property | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
 
     if data.class_counts:
-        lines += _class_table(data.class_counts)
+        lines += _class_table(data.class_counts, cfg)
     if data.target_summary:
         s = data.target_summary
         lines += ["## Target", "", f"min {s['min']:.4g}, mean {s['mean']:.4g}, max {s['max']:.4g}, std {s['std']:.4g}", ""]
@@ -106,17 +108,40 @@ def _submission_format(cfg: ProjectConfig, data: Peek) -> str:
     return f"CSV `{columns}`: one row per test item, {what}"
 
 
-def _class_table(counts: dict[str, int]) -> list[str]:
+def _class_table(counts: dict[str, int], cfg: ProjectConfig) -> list[str]:
     total = sum(counts.values()) or 1
     largest, smallest = max(counts.values()), min(counts.values())
     ratio = f"{largest / smallest:.2f}" if smallest else "inf (an empty class)"
     lines = ["## Classes", "", f"{len(counts)} classes; imbalance ratio (largest / smallest) {ratio}.", ""]
+    if not smallest or largest / smallest >= IMBALANCE_RATIO:
+        lines += [*_imbalance_advice(cfg, largest / total), ""]
     lines += ["| class | items | share |", "|---|---:|---:|"]
     shown = list(counts.items())[:_MAX_CLASS_ROWS]
     lines += [f"| {name} | {n:,} | {n / total:.1%} |" for name, n in shown]
     if len(counts) > _MAX_CLASS_ROWS:
         lines.append(f"| ... {len(counts) - _MAX_CLASS_ROWS} more | | |")
     return [*lines, ""]
+
+
+def _imbalance_advice(cfg: ProjectConfig, majority: float) -> list[str]:
+    """What suits unbalanced classes, against what the project has set."""
+    metric = cfg.task.metric
+    judged = (
+        f"`task.metric` is `{metric}`: fine for unbalanced classes."
+        if metric in BALANCED_METRICS
+        else (f"`task.metric` is `accuracy`, which predicting the largest class alone scores at {majority:.1%}" if metric == "accuracy"
+              else f"`task.metric` is `{metric}`, which weights every item alike, so the largest classes dominate it")
+        + ": judge by `balanced_accuracy` (the mean recall over classes) or `f1_macro` instead, or watch them beside it."
+    )
+    train = cfg.train
+    balanced = train.class_weight == "balanced" or train.sampler == "balanced"
+    option = (
+        f"Training is balanced (`train.class_weight: {train.class_weight}`, `train.sampler: {train.sampler}`)."
+        if balanced
+        else "Consider `train.class_weight: balanced` (each class's loss weighted by its rarity) or `train.sampler: balanced` "
+        "(every class drawn equally often); both leave evaluation unweighted, and every report shows balanced accuracy and macro F1."
+    )
+    return [f"**The classes are unbalanced.** {judged} {option}"]
 
 
 def _plan(cfg: ProjectConfig) -> list[str]:
