@@ -232,6 +232,24 @@ def status_command(project: str, overrides: tuple[str, ...], dry_run: bool) -> N
     out.print(f"next: {next_command}" if next_command else "every step is up to date", highlight=False)
 
 
+@cli.command(name="dashboard")
+@project_option
+@set_option
+@storage_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback: only this machine).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+def dashboard_command(project: str, overrides: tuple[str, ...], storage: str, host: str, port: int) -> None:
+    """optuna-dashboard on the project's study storage (the one `trainwise tune` uses); needs the dashboard extra."""
+    from trainwise.dashboard import page_url, serve
+    from trainwise.steps.tune import redact, study_storage
+
+    cfg = _load(project, overrides, False)
+    url = study_storage(cfg, storage or None)
+    out.print(f"optuna-dashboard on {redact(url)}: {page_url(host, port)}  (Ctrl-C stops it)", highlight=False)
+    serve(url, host=host, port=port)  # until Ctrl-C or SIGTERM: the way to stop it, not an error
+    out.print("dashboard stopped")
+
+
 # -- the local tracking server ---------------------------------------------------------------------
 
 

@@ -90,12 +90,12 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     if not cfg.tune.space:
         raise ConfigError(f"{cfg.source_file}: tune.space is empty; name the settings to tune (see projects/digits/project.yaml)")
     data = load_prepared_data(cfg, ctx, cfg.tune.dataset)
-    storage_url = ctx.options.get("storage") or os.environ.get(STORAGE_ENV) or cfg.tune.storage or default_storage(cfg)
+    storage_url = study_storage(cfg, ctx.options.get("storage"))
     prepare = ctx.tracker.get_run(ctx.upstream["prepare"]).data.tags
     study = open_study(cfg, storage_url, data_identity=prepare.get(TAG_CACHE_KEY, ctx.upstream["prepare"]))
     enqueue_baseline(study, cfg)
-    run.set_tags({TAG_STUDY: study.study_name, "trainwise.optuna_storage": _redact(storage_url)})
-    log.info("study %s on %s: %d trials so far", study.study_name, _redact(storage_url), len(study.trials))
+    run.set_tags({TAG_STUDY: study.study_name, "trainwise.optuna_storage": redact(storage_url)})
+    log.info("study %s on %s: %d trials so far", study.study_name, redact(storage_url), len(study.trials))
 
     # Trials on the full data keep their weights: the best trial's model is then the model (no retraining).
     keep_weights = cfg.tune.retrain and cfg.tune.dataset == "full"
@@ -128,6 +128,11 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
 
 
 # -- the study ---------------------------------------------------------------------------------------
+
+
+def study_storage(cfg: ProjectConfig, explicit: str | None = None) -> str:
+    """The project's Optuna storage URL: --storage, else $TRAINWISE_OPTUNA_STORAGE, else tune.storage, else SQLite under .trainwise/."""
+    return explicit or os.environ.get(STORAGE_ENV) or cfg.tune.storage or default_storage(cfg)
 
 
 def default_storage(cfg: ProjectConfig) -> str:
@@ -184,7 +189,7 @@ def open_study(cfg: ProjectConfig, storage_url: str, *, data_identity: str) -> o
     elif stored != definition:  # same name, other objective: its best trial would answer another question
         differing = sorted(k for k in set(definition) | set(stored or {}) if definition.get(k) != (stored or {}).get(k))
         raise ConfigError(
-            f"study {name} in {_redact(storage_url)} was made for another objective"
+            f"study {name} in {redact(storage_url)} was made for another objective"
             + (f" (differs in {', '.join(differing[:8])})" if stored else " (it records no definition)")
             + "; delete it (optuna delete-study) or change tune settings to start a new study"
         )
@@ -251,7 +256,7 @@ def make_storage(url: str, cfg: ProjectConfig) -> optuna.storages.BaseStorage:
         return _rdb_storage(url, cfg)
     except SQLAlchemyError as exc:
         raise ConfigError(
-            f"could not open the Optuna storage {_redact(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
+            f"could not open the Optuna storage {redact(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
             "Check the address, the database and its credentials (--storage, tune.storage or $TRAINWISE_OPTUNA_STORAGE)"
         ) from None
 
@@ -528,7 +533,7 @@ def _markdown(cfg: ProjectConfig, study: optuna.Study, best: FrozenTrial, counts
     return "\n".join(lines)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A storage URL without its password, for tags and logs."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
