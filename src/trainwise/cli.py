@@ -21,7 +21,7 @@ from trainwise.config import ProjectConfig, load_config
 from trainwise.errors import ChecksFailedError, Terminated, TrainwiseError
 from trainwise.server import DEFAULT_HOST, DEFAULT_PORT, LocalServer, ensure_tracking_uri
 from trainwise.signals import sigterm_raises
-from trainwise.steps import STEPS, StepSpec
+from trainwise.steps import STEP_NAMES, STEPS, StepSpec
 
 if TYPE_CHECKING:
     from trainwise.tracking import Tracker
@@ -74,6 +74,11 @@ storage_option = click.option(
     "--storage", default="", envvar="TRAINWISE_OPTUNA_STORAGE", metavar="URL",
     help="Optuna storage (postgresql://..., sqlite:///..., a .log journal file); default SQLite under .trainwise/. "
     "Env: TRAINWISE_OPTUNA_STORAGE.",
+)  # fmt: skip
+
+with_upstream_option = click.option(
+    "--with-upstream", is_flag=True, default=False,
+    help="First run the upstream steps this one needs that have no current run (as `trainwise run --to STEP`).",
 )  # fmt: skip
 
 # Options only some steps take, beyond the shared ones; skip_checks and resume are the runner's own,
@@ -161,9 +166,13 @@ def _make_step_command(spec: StepSpec) -> click.Command:
         with sigterm_raises():
             resume = bool(extra.pop("resume", False))
             skip_checks = bool(extra.pop("skip_checks", False))
+            with_upstream = bool(extra.pop("with_upstream", False))
             options = {k: v for k, v in extra.items() if v not in ("", False, None)}
             forced = spec.name in forced_steps(force) or resume
-            outcome = execute(spec.name, cfg, _tracker(cfg), force=forced, skip_checks=skip_checks, resume=resume, options=options)
+            tracker = _tracker(cfg)
+            if with_upstream:
+                _run_upstream(spec, cfg, tracker, skip_checks=skip_checks)
+            outcome = execute(spec.name, cfg, tracker, force=forced, skip_checks=skip_checks, resume=resume, options=options)
         verb = "reused cached run" if outcome.state == "reused" else "finished"
         out.print(f"[bold green]{spec.name}[/] {verb}: {outcome.url}", highlight=False)
         if outcome.passed is False:
@@ -174,7 +183,26 @@ def _make_step_command(spec: StepSpec) -> click.Command:
     decorated = step_options(command)
     for option in STEP_OPTIONS.get(spec.name, ()):
         decorated = option(decorated)
+    if spec.upstream:
+        decorated = with_upstream_option(decorated)
     return click.command(name=spec.name)(decorated)
+
+
+def _run_upstream(spec: StepSpec, cfg: ProjectConfig, tracker: Tracker, *, skip_checks: bool) -> None:
+    """--with-upstream: run the steps `spec` needs that have no current run, in pipeline order."""
+    from trainwise.steps.runner import cache_keys, execute, stale_upstream
+
+    keys = cache_keys(cfg, skip_checks=skip_checks)
+    pending = [name for name in stale_upstream(spec.name, cfg, tracker, keys) if not (skip_checks and name == "check")]
+    if not pending:
+        return
+    out.print(f"{spec.name} needs {', '.join(pending)} first (no current run for this config)", highlight=False)
+    for name in pending:
+        outcome = execute(name, cfg, tracker, keys=keys, skip_checks=skip_checks)
+        out.print(f"[bold green]{name}[/] finished: {outcome.url}", highlight=False)
+        if outcome.passed is False:
+            failed = ", ".join(outcome.outputs.get("failed", [])) or "see the run"
+            raise ChecksFailedError(f"{name}: checks failed ({failed}); the report is in {outcome.url}")
 
 
 for _spec in STEPS:
@@ -184,15 +212,20 @@ for _spec in STEPS:
 @cli.command(name="run")
 @step_options
 @skip_checks_option
-def run_command(project: str, overrides: tuple[str, ...], force: str, dry_run: bool, skip_checks: bool) -> None:
-    """Every step as a child run of one pipeline run; unchanged steps are reused from cache."""
+@click.option("--to", "last", type=click.Choice(STEP_NAMES), help="Stop after this step, running only the steps it needs.")
+@click.option("--from", "first", type=click.Choice(STEP_NAMES), help="Start at this step (the earlier ones must have current runs).")
+def run_command(
+    *, project: str, overrides: tuple[str, ...], force: str, dry_run: bool, skip_checks: bool, last: str | None, first: str | None
+) -> None:
+    """Every step (or --from/--to a range) as child runs of one pipeline run; unchanged steps are reused from cache."""
     from trainwise.paths import trainwise_home
-    from trainwise.steps.pipeline import run_pipeline
+    from trainwise.steps.pipeline import run_pipeline, selected_steps
 
+    steps = selected_steps(first, last)
     cfg = _load(project, overrides, dry_run)
     tracker = _tracker(cfg)
     with sigterm_raises():
-        pipeline_url, outcomes = run_pipeline(cfg, tracker, force=force, skip_checks=skip_checks)
+        pipeline_url, outcomes = run_pipeline(cfg, tracker, force=force, skip_checks=skip_checks, steps=steps)
     table = Table(title=f"pipeline {cfg.name}", title_justify="left")
     table.add_column("step")
     table.add_column("state")
@@ -223,11 +256,12 @@ def status_command(project: str, overrides: tuple[str, ...], dry_run: bool) -> N
     table = Table(title=f"{cfg.name} ({cfg.project_ref})", title_justify="left")
     for column in ("#", "step", "state", "cache key"):
         table.add_column(column)
+    table.add_column("why", overflow="fold")
     table.add_column("run", overflow="fold")
     styles = {"fresh": "green", "stale": "yellow", "failed": "red", "running": "blue"}
     for s in statuses:
         style = styles.get(s.state, "dim")
-        table.add_row(s.number, s.step, f"[{style}]{s.state}[/]", s.cache_key or "", s.url or "")
+        table.add_row(s.number, s.step, f"[{style}]{s.state}[/]", s.cache_key or "", s.why, s.url or "")
     out.print(table)
     out.print(f"next: {next_command}" if next_command else "every step is up to date", highlight=False)
 

@@ -1,7 +1,8 @@
 """A step's identity: its cache key, built from named parts, each logged so "why did it rerun?" has an answer.
 
 The parts (DVC's stage hashes are the model: one hash per declared input):
-- `config`: the config sections the step reads;
+- `config`: the config sections the step reads, less the keys of them it declares it never reads
+  (`StepSpec.ignores`: a setting used only after training must not rerun the sample);
 - `upstream.<step>`: the keys of the steps whose outputs it reads;
 - `source`: the data source's fingerprint (steps that read the source itself);
 - `user_code`: the content of a user's own model file (`path/to/file.py:Class`, or the source file
@@ -34,11 +35,12 @@ def key_parts(
     *,
     source: str | None,
     skip_checks: bool = False,
+    ignores: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The named inputs of one step's identity (values, not yet hashed)."""
+    """The named inputs of one step's identity (values, not yet hashed); `ignores`: dotted keys it never reads."""
     parts: dict[str, Any] = {
         "step": spec_name,
-        "config": {name: cfg.section(name) for name in sections},
+        "config": {name: _without(cfg.section(name), name, ignores) for name in sections},
         **{f"upstream.{name}": key for name, key in upstream.items()},
         "source": source,
         "code": code_version(),
@@ -49,6 +51,14 @@ def key_parts(
     if GATED_UPSTREAM in upstream:
         parts["gate"] = "skipped" if skip_checks else "checked"
     return parts
+
+
+def _without(section: Any, name: str, ignores: tuple[str, ...]) -> Any:
+    """A section's values less the keys (`section.key`) the step does not read: changing those must not rerun it."""
+    dropped = {key.split(".", 1)[1] for key in ignores if key.startswith(f"{name}.")}
+    if not dropped or not isinstance(section, dict):
+        return section
+    return {key: value for key, value in section.items() if key not in dropped}
 
 
 def key_of(parts: Mapping[str, Any]) -> str:

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from trainwise.config import ProjectConfig
 from trainwise.errors import TrackingError
-from trainwise.steps import STEP_NAMES, STEPS
-from trainwise.steps.runner import TAG_REUSED, StepOutcome, cache_keys, execute, run_key
+from trainwise.identity import key_of
+from trainwise.steps import STEP_NAMES, STEPS, upstream_closure
+from trainwise.steps.runner import TAG_REUSED, StepOutcome, cache_keys, cache_parts, execute, run_key
+from trainwise.steps.staleness import stale_reason
 from trainwise.tracking import TAG_CACHE_KEY, TAG_CONFIG_HASH, TAG_DRY_RUN, TAG_STEP, Run, Tracker
 
 log = logging.getLogger(__name__)
@@ -30,18 +32,38 @@ def forced_steps(force: str | bool | None) -> set[str]:
     return set(STEP_NAMES[STEP_NAMES.index(value) :])
 
 
+def selected_steps(first: str | None = None, last: str | None = None) -> list[str]:
+    """`--from FIRST --to LAST`: from FIRST on (the steps before it must have current runs), up to
+    LAST and only what LAST needs (`--to check` runs ingest, sample, prepare and check)."""
+    chosen = list(STEP_NAMES)
+    if last is not None:
+        needed = {*upstream_closure(last), last}
+        chosen = [s for s in chosen if s in needed]
+    if first is not None:
+        chosen = [s for s in chosen if STEP_NAMES.index(s) >= STEP_NAMES.index(first)]
+    if not chosen:
+        raise TrackingError(f"--from {first} --to {last}: no step lies between them ({last} runs before {first})")
+    return chosen
+
+
 def run_pipeline(
-    cfg: ProjectConfig, tracker: Tracker, *, force: str | bool | None = None, skip_checks: bool = False
+    cfg: ProjectConfig,
+    tracker: Tracker,
+    *,
+    force: str | bool | None = None,
+    skip_checks: bool = False,
+    steps: list[str] | None = None,
 ) -> tuple[str, list[StepOutcome]]:
-    """Run (or reuse) every built step under one pipeline run; returns its URL and the outcomes."""
+    """Run (or reuse) the steps (default: every one) under one pipeline run; returns its URL and the outcomes."""
     forced = forced_steps(force)
+    chosen = set(steps or STEP_NAMES)
     keys = cache_keys(cfg, skip_checks=skip_checks)
     outcomes: list[StepOutcome] = []
     tags = {TAG_CONFIG_HASH: cfg.config_hash(), TAG_DRY_RUN: str(cfg.dry_run).lower()}
     with tracker.run(PIPELINE_STEP, tags=tags, run_name=f"pipeline {cfg.name}") as pipeline:
         pipeline.log_params(cfg.flat_params())
         pipeline.log_text(cfg.to_yaml(), "config.yaml")
-        for spec in STEPS:
+        for spec in (spec for spec in STEPS if spec.name in chosen):
             outcome = execute(spec.name, cfg, tracker, parent=pipeline, force=spec.name in forced, keys=keys, skip_checks=skip_checks)
             outcomes.append(outcome)
         pipeline.set_description(_summary(cfg, outcomes))
@@ -65,11 +87,13 @@ class StepStatus:
     run_id: str | None = None
     url: str | None = None
     cache_key: str | None = None
+    why: str = ""  # stale or never run: what changed since its newest finished run
 
 
 def project_status(cfg: ProjectConfig, tracker: Tracker) -> tuple[list[StepStatus], str | None]:
     """Each step's newest run and whether it is current; and the next command to run."""
-    keys = cache_keys(cfg)
+    parts = cache_parts(cfg)
+    keys = {name: key_of(p) for name, p in parts.items()}
     statuses: list[StepStatus] = []
     next_command = None
     for spec in STEPS:
@@ -83,6 +107,8 @@ def project_status(cfg: ProjectConfig, tracker: Tracker) -> tuple[list[StepStatu
             status = StepStatus(spec.name, spec.number, state, latest.info.run_id, tracker.url_of(latest), latest.data.tags.get(TAG_CACHE_KEY))
         else:
             status = StepStatus(spec.name, spec.number, "never run", cache_key=key)
+        if status.state in ("stale", "never run"):
+            status.why = stale_reason(spec.name, cfg, tracker, parts)
         if next_command is None and status.state != "fresh":
             next_command = f"trainwise {spec.name} --project {cfg.project_ref}"
         statuses.append(status)

@@ -20,7 +20,8 @@ from trainwise.errors import TrackingError
 from trainwise.identity import key_of, key_parts, part_tags
 from trainwise.paths import trainwise_home
 from trainwise.provenance import short_hash
-from trainwise.steps import STEPS, get_step
+from trainwise.steps import STEPS, get_step, upstream_closure
+from trainwise.steps.staleness import TAG_REUSED, stale_reason
 from trainwise.tracking import (
     JOIN_RUN_ENV,
     TAG_CACHE_KEY,
@@ -35,7 +36,6 @@ from trainwise.tracking import (
 
 log = logging.getLogger(__name__)
 
-TAG_REUSED = "trainwise.reused_run"
 TAG_PASSED = "trainwise.passed"  # set by gating steps (check): "true" or "false"
 TAG_SKIP_CHECKS = "trainwise.skip_checks"
 TAG_STEP_RUN = "trainwise.step_run."  # + step name, on the pipeline run
@@ -88,6 +88,7 @@ def cache_parts(cfg: ProjectConfig, *, skip_checks: bool = False) -> dict[str, d
             cfg,
             source=source_print if spec.reads_source else None,
             skip_checks=skip_checks,
+            ignores=spec.ignores,
         )
         keys[spec.name] = key_of(parts[spec.name])
     return parts
@@ -118,7 +119,9 @@ def execute(
         parts, keys = every[step], {name: key_of(p) for name, p in every.items()}
     else:  # the pipeline's keys: only this step's own parts are needed (the source is hashed once)
         source = fingerprint(cfg) if spec.reads_source else None
-        parts = key_parts(step, spec.sections, {n: keys[n] for n in spec.upstream}, cfg, source=source, skip_checks=skip_checks)
+        parts = key_parts(
+            step, spec.sections, {n: keys[n] for n in spec.upstream}, cfg, source=source, skip_checks=skip_checks, ignores=spec.ignores
+        )
     options = dict(options or {})
     key = run_key(step, cfg, tracker, keys, options)
 
@@ -138,7 +141,7 @@ def execute(
     optional = set(spec.optional_upstream) | ({"check"} if skip_checks else set()) | ({"promote"} if options.get("model_uri") else set())
     if rollback:  # moving aliases back needs no upstream results
         optional |= set(spec.upstream)
-    upstream = _upstream_runs(tuple(u for u in spec.upstream if u not in optional), tracker, keys, cfg)
+    upstream = _upstream_runs(tuple(u for u in spec.upstream if u not in optional), tracker, keys, cfg, step=step)
     for name in optional & set(spec.upstream):
         if (found := tracker.find_cached(name, run_key(name, cfg, tracker, keys))) is not None:
             upstream[name] = found.info.run_id
@@ -165,18 +168,37 @@ def execute(
     return StepOutcome(step, "ran", key, run.run_id, run.url, outputs, passed=outputs.get("passed"))
 
 
-def _upstream_runs(names: tuple[str, ...], tracker: Tracker, keys: Mapping[str, str], cfg: ProjectConfig) -> dict[str, str]:
-    found = {}
+def _upstream_runs(names: tuple[str, ...], tracker: Tracker, keys: Mapping[str, str], cfg: ProjectConfig, *, step: str = "") -> dict[str, str]:
+    found, missing = {}, []
     for name in names:
         run = tracker.find_cached(name, run_key(name, cfg, tracker, keys))
         if run is None:
-            project = cfg.project_ref
-            raise TrackingError(
-                f"step {name!r} has no finished run for this config and data; run `trainwise {name} --project {project}` "
-                "first (or `trainwise run` for the whole pipeline)"
-            )
-        found[name] = run.info.run_id
+            missing.append(name)
+        else:
+            found[name] = run.info.run_id
+    if missing:
+        raise TrackingError(missing_upstream_message(step, missing, cfg, tracker, keys))
     return found
+
+
+def stale_upstream(step: str, cfg: ProjectConfig, tracker: Tracker, keys: Mapping[str, str]) -> list[str]:
+    """The steps `step` needs (transitively, in pipeline order) that have no finished run for this config."""
+    return [name for name in upstream_closure(step) if tracker.find_cached(name, run_key(name, cfg, tracker, keys)) is None]
+
+
+def missing_upstream_message(step: str, missing: list[str], cfg: ProjectConfig, tracker: Tracker, keys: Mapping[str, str]) -> str:
+    """Which upstream steps are missing or stale and why (the settings that changed), and the commands that run them."""
+    parts = cache_parts(cfg)
+    reasons = "; ".join(f"{name}: {stale_reason(name, cfg, tracker, parts)}" for name in missing)
+    project = cfg.project_ref
+    would_run = stale_upstream(step, cfg, tracker, keys) if step else missing
+    target = f"`trainwise {step} --with-upstream --project {project}` or `trainwise run --to {step} --project {project}`" if step else (
+        f"`trainwise run --project {project}`"
+    )
+    return (
+        f"{step or 'this step'} needs {', '.join(missing)}, with no finished run for this config and data ({reasons}). "
+        f"{target} runs {', '.join(would_run)} first (the steps with a current run are reused)"
+    )
 
 
 def run_key(
