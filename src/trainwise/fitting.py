@@ -14,6 +14,7 @@ from trainwise.config import ProjectConfig
 from trainwise.data.loading import PreparedData, image_transforms
 from trainwise.engine import Callback, EngineConfig, Trainer
 from trainwise.metrics import CLASSIFICATION
+from trainwise.progress import ProgressCallback
 
 
 def build_model(cfg: ProjectConfig, data: PreparedData, *, seed: int | None = None, init_weights: Path | None = None) -> nn.Module:
@@ -92,12 +93,21 @@ def engine_config(cfg: ProjectConfig, data: PreparedData, *, epochs: int | None 
 
 
 def make_trainer(
-    cfg: ProjectConfig, data: PreparedData, *, init_weights: Path | None, callbacks: list[Callback], epochs: int | None = None
+    cfg: ProjectConfig,
+    data: PreparedData,
+    *,
+    init_weights: Path | None,
+    callbacks: list[Callback],
+    epochs: int | None = None,
+    progress: str | None = None,
 ) -> Trainer:
-    """The trainer check, train and tune all use: model, engine settings, batch transforms, callbacks."""
+    """The trainer check, train and tune all use: model, engine settings, batch transforms, callbacks;
+    `progress`: the name of its progress bars and log lines (none when None)."""
     train_transform, eval_transform = image_transforms(cfg, data) if data.is_image else (None, None)
     if cfg.model.freeze_backbone_epochs:
         callbacks = [*callbacks, FreezeBackbone(cfg.model.freeze_backbone_epochs)]
+    if progress is not None:
+        callbacks = [*callbacks, ProgressCallback(progress)]
     return Trainer(
         build_model(cfg, data, init_weights=init_weights),
         engine_config(cfg, data, epochs=epochs),

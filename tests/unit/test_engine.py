@@ -110,6 +110,13 @@ def test_early_stopping_stops_when_the_metric_stalls() -> None:
     assert len(result.history) < 30 and result.stop_reason.startswith("early stopping")
 
 
+def test_early_stopping_waits_for_the_one_cycle_warmup() -> None:
+    """While one-cycle's rate still rises (its first 30%: 6 of 20 epochs) stalled epochs do not count."""
+    _, result = fit(config(epochs=20, lr=1e-6, early_stopping_patience=2, schedule="onecycle"))
+    assert result.stop_reason.startswith("early stopping")
+    assert len(result.history) == 6 + 2  # without the wait: 3
+
+
 def test_callback_can_stop_training_and_sees_device_losses() -> None:
     seen: list[torch.Tensor] = []
 

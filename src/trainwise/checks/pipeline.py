@@ -29,6 +29,7 @@ from trainwise.data.loading import PreparedData, Transform
 from trainwise.data.sampling import strata
 from trainwise.engine import EngineConfig, FitResult, NonFiniteLossError, TensorData, Trainer, make_optimizer
 from trainwise.metrics import CLASSIFICATION
+from trainwise.progress import ProgressCallback
 
 SHUFFLE_ALPHA = 0.01  # the label-shuffle control's false-alarm rate on a small validation split
 OVERFIT_EVAL_EVERY = 10  # steps between the overfit check's looks at whether the batch is memorised yet
@@ -523,7 +524,10 @@ def short_fit(setup: CheckSetup, mode: str, *, threads: int = 1) -> ShortFit:
     elif mode == "shuffled":
         order = torch.randperm(len(train.y), generator=torch.Generator().manual_seed(setup.engine.seed + 7))
         train = TensorData(train.x, train.y[order])
-    trainer = Trainer(setup.build_model(), setup.fit_engine, train_transform=setup.train_transform, eval_transform=setup.eval_transform)
+    progress = ProgressCallback(f"check: short fit ({mode})", leave=False)
+    trainer = Trainer(
+        setup.build_model(), setup.fit_engine, train_transform=setup.train_transform, eval_transform=setup.eval_transform, callbacks=[progress]
+    )
     try:
         result = trainer.fit(train, val)
     except NonFiniteLossError as error:  # failed rows for the checks on this fit (_unless_diverged), not a crash of the step

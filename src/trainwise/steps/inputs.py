@@ -147,11 +147,13 @@ def initial_weights(cfg: ProjectConfig, tracker: Tracker) -> Path | None:
     return found[0]
 
 
-def make_trainer(cfg: ProjectConfig, data: PreparedData, tracker: Tracker, *, callbacks: list[Callback], epochs: int | None = None) -> Trainer:
+def make_trainer(
+    cfg: ProjectConfig, data: PreparedData, tracker: Tracker, *, callbacks: list[Callback], epochs: int | None = None, progress: str | None = None
+) -> Trainer:
     """fitting.make_trainer with `model.init` resolved (downloaded when it names a logged or registered model)."""
     from trainwise import fitting
 
-    return fitting.make_trainer(cfg, data, init_weights=initial_weights(cfg, tracker), callbacks=callbacks, epochs=epochs)
+    return fitting.make_trainer(cfg, data, init_weights=initial_weights(cfg, tracker), callbacks=callbacks, epochs=epochs, progress=progress)
 
 
 def require_passed_checks(ctx: StepContext) -> None:

@@ -42,7 +42,9 @@ TAG_MODEL = "trainwise.model_uri"
 def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     require_passed_checks(ctx)
     full = load_prepared_data(cfg, ctx, "full")
-    trainer = make_trainer(cfg, full, ctx.tracker, callbacks=[TrackingCallback(run), CheckpointCallback(checkpoint_dir(run.run_id))])
+    trainer = make_trainer(
+        cfg, full, ctx.tracker, callbacks=[TrackingCallback(run), CheckpointCallback(checkpoint_dir(run.run_id))], progress="train"
+    )
     resume = load_checkpoint(checkpoint_dir(ctx.resume_from) / "last.pt") if ctx.resume_from else None
     with _keep_checkpoint_on_interrupt(run, trainer), run.system_metrics():
         result = trainer.fit(full.splits["train"], full.splits.get("val"), resume=resume)
@@ -67,6 +69,10 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     run.log_metrics(finals)
     log.info("%s: stopped after %d epochs (%s); best val %s %.4f at epoch %d", cfg.name, len(result.history), result.stop_reason, metric, result.best_value, result.best_epoch)
 
+    # The model first: the refits behind the sample-vs-full report take a while, and an interrupted
+    # or failed refit must not cost the trained model.
+    uri = serving.log_model(run.run_id, tracking_uri=run.tracking_uri, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
+    run.set_tags({TAG_MODEL: uri})
     comparison = _sample_vs_full(cfg, ctx, full, trainer, result)
     run.log_dict({"checks": [r.to_dict() for r in comparison]}, "sample_vs_full.json")
     run.log_metrics({f"check.{r.name}": float(r.passed) for r in comparison} | {f"check_value.{r.name}": r.value for r in comparison})
@@ -76,8 +82,6 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
             sections.append(CardSection(check.name, check.meaning, {check.name: check.figure}))
     run.log_text(render_html(f"{cfg.name}: sample vs full ({summary(comparison)})", _rows(comparison) + sections), REPORT)
 
-    uri = serving.log_model(run.run_id, tracking_uri=run.tracking_uri, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
-    run.set_tags({TAG_MODEL: uri})
     run.set_description(_markdown(cfg, finals, comparison, result, uri))
     return {"model_uri": uri, **finals}
 
@@ -97,7 +101,7 @@ def _keep_checkpoint_on_interrupt(run: StepRun, trainer: Trainer) -> Any:
 def _sample_vs_full(cfg: ProjectConfig, ctx: StepContext, full: PreparedData, trainer: Trainer, result: FitResult) -> list:
     metric = cfg.task.metric or "accuracy"
     sample = load_prepared_data(cfg, ctx, "sample")
-    sample_trainer = make_trainer(cfg, sample, ctx.tracker, callbacks=[])
+    sample_trainer = make_trainer(cfg, sample, ctx.tracker, callbacks=[], progress="sample-vs-full: the sample")
     sample_init = _init_loss(sample_trainer, sample)
     sample_result = sample_trainer.fit(sample.splits["train"], sample.splits.get("val"))
     full_init = _init_loss(make_trainer(cfg, full, ctx.tracker, callbacks=[]), full)
@@ -106,7 +110,8 @@ def _sample_vs_full(cfg: ProjectConfig, ctx: StepContext, full: PreparedData, tr
     for fraction in cfg.checks.learning_curve_fractions:
         chosen, _ = stratified_sample(pd.Series(train.y.numpy().astype(str)), size=None, fraction=fraction, seed=cfg.sample.seed)
         index = torch.tensor(chosen.to_numpy(), dtype=torch.long)
-        fitted = make_trainer(cfg, full, ctx.tracker, callbacks=[]).fit(TensorData(train.x[index], train.y[index]), full.splits.get("val"))
+        refit = make_trainer(cfg, full, ctx.tracker, callbacks=[], progress=f"learning curve {fraction:.0%}")
+        fitted = refit.fit(TensorData(train.x[index], train.y[index]), full.splits.get("val"))
         curve.append((len(index), error_of(fitted.best_value, metric)))
     return sample_vs_full(
         _summary(sample_result, sample, sample_init, metric),

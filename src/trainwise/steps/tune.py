@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import tempfile
 import time
 import warnings
@@ -108,6 +109,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         callbacks=[budget] if budget else [],
         catch=(NonFiniteLossError,),  # a diverging trial fails; the study goes on
         gc_after_trial=True,
+        show_progress_bar=bool(cfg.tune.trials) and sys.stderr.isatty(),  # Optuna's tqdm bar over trials, on a terminal
     )
     _end_runs_of_stale_trials(study, ctx.tracker)
 
@@ -336,7 +338,7 @@ class Objective:
             trainer = make_trainer(
                 trial_cfg, self.data, self.tracker,
                 callbacks=[TrackingCallback(child, step_losses=False), PruningCallback(trial, metric)],
-                epochs=self.cfg.tune.epochs,
+                epochs=self.cfg.tune.epochs, progress=f"trial {trial.number}",
             )  # fmt: skip
             try:
                 result = trainer.fit(self.data.splits["train"], self.data.splits.get("val"))
@@ -446,7 +448,7 @@ def register_best_trial(
     trial_run = best.user_attrs[RUN_ATTR]
     with tempfile.TemporaryDirectory(prefix="trainwise-best-") as tmp:
         weights = ctx.tracker.download_artifact(trial_run, TRIAL_WEIGHTS, Path(tmp))
-        trainer = make_trainer(cfg, full, ctx.tracker, callbacks=[], epochs=cfg.tune.epochs)
+        trainer = make_trainer(cfg, full, ctx.tracker, callbacks=[], epochs=cfg.tune.epochs, progress="retrain best trial")
         trainer.model.load_state_dict(load_file(weights, device="cpu"), strict=True)
     with ctx.tracker.run("best", parent=parent, run_name=f"best (trial {best.number})", tags={"trainwise.trial_run": trial_run}) as child:
         child.log_params({**best.params, "trial": best.number})
@@ -461,7 +463,7 @@ def retrain_and_register(cfg: ProjectConfig, ctx: StepContext, parent: StepRun, 
     metric = cfg.task.metric or "accuracy"
     with ctx.tracker.run("retrain", parent=parent, run_name=f"best (trial {best.number})") as child:
         child.log_params({**best.params, "trial": best.number})
-        trainer = make_trainer(cfg, full, ctx.tracker, callbacks=[TrackingCallback(child)])
+        trainer = make_trainer(cfg, full, ctx.tracker, callbacks=[TrackingCallback(child)], progress="retrain best trial")
         result = trainer.fit(full.splits["train"], full.splits.get("val"))
         trainer.model.load_state_dict(result.best_state)
         uri, finals = _test_and_log_model(cfg, ctx, child, trainer, full, {"best_val_" + metric: result.best_value})
