@@ -95,7 +95,10 @@ def test_tabular_training_and_model(tracking_server: str, unique_name: str, proj
     if project == "wine":
         assert train.data.metrics["test_accuracy"] > 0.8 and train.data.metrics["test_balanced_accuracy"] > 0.8
         assert train.data.params["train.class_weight"] == train.data.params["train.sampler"] == "balanced"
+        assert train.data.metrics["baseline_test_accuracy"] > 0.8  # logistic regression on the same split
+        assert train.data.tags["trainwise.baseline"].startswith("On test, the network ")
         assert set(predicted["label"]) <= {"class_0", "class_1", "class_2"}
     else:
         assert train.data.metrics["test_rmse"] < 75  # the target's std is 77
+        assert 40 < train.data.metrics["baseline_test_rmse"] < 75  # ridge regression, in the target's units
         assert predicted["prediction"].between(25, 346).all()  # in the target's units, not standardised

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from trainwise import serving
+from trainwise.baseline import against_network, fit_baseline, logged_metrics
 from trainwise.callbacks import CheckpointCallback, TrackingCallback
 from trainwise.checkpoints import load_checkpoint
 from trainwise.checks import summary
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 REPORT = "sample_vs_full.html"
 TAG_MODEL = "trainwise.model_uri"
+TAG_BASELINE = "trainwise.baseline"  # how the network compares with the classical baseline (baseline.py)
 
 
 def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
@@ -67,6 +69,11 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
             run.log_frame(per_class_table(predictions, full.classes), f"evaluation/{split_name}_per_class.csv")
     run.log_figure(learning_curves(result.history, metric), "evaluation/learning_curves.png")
     run.log_metrics(finals)
+    baseline = fit_baseline(full, seed=cfg.train.seed)  # seconds: on the same splits, beside the network
+    versus = against_network(baseline, finals, metric, maximize=cfg.task.direction == "maximize")
+    run.log_metrics(logged_metrics(baseline))
+    run.set_tags({TAG_BASELINE: versus})
+    log.info("%s", versus)
     log.info("%s: stopped after %d epochs (%s); best val %s %.4f at epoch %d", cfg.name, len(result.history), result.stop_reason, metric, result.best_value, result.best_epoch)
 
     # The model first: the refits behind the sample-vs-full report take a while, and an interrupted
@@ -82,7 +89,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
             sections.append(CardSection(check.name, check.meaning, {check.name: check.figure}))
     run.log_text(render_html(f"{cfg.name}: sample vs full ({summary(comparison)})", _rows(comparison) + sections), REPORT)
 
-    run.set_description(_markdown(cfg, finals, comparison, result, uri))
+    run.set_description(_markdown(cfg, finals, comparison, result, uri=uri, versus=versus))
     return {"model_uri": uri, **finals}
 
 
@@ -137,12 +144,13 @@ def _rows(results: list) -> list[CardSection]:
     return [CardSection("Checks", "Each row: what was measured, against what, and what to do when it fails.", tables={"Sample vs full": table})]
 
 
-def _markdown(cfg: ProjectConfig, finals: dict[str, float], comparison: list, result: FitResult, uri: str) -> str:
+def _markdown(cfg: ProjectConfig, finals: dict[str, float], comparison: list, result: FitResult, *, uri: str, versus: str) -> str:
     metric = cfg.task.metric
     lines = [f"# {cfg.name}: training on the full data", ""]
     lines += [f"Best validation {metric} {result.best_value:.4f} at epoch {result.best_epoch} of {len(result.history)} ({result.stop_reason})."]
     if f"test_{metric}" in finals:
         lines += ["", f"**Test {metric}: {finals[f'test_{metric}']:.4f}** (evaluated once, with the best epoch's weights)."]
+    lines += ["", versus]
     lines += ["", f"Model: `{uri}` (predicts from raw inputs: `mlflow.pyfunc.load_model(uri).predict(df)`).", ""]
     lines += ["| sample vs full | passed | value | threshold |", "|---|---|---:|---:|"]
     lines += [f"| {r.name} | {'yes' if r.passed else '**no**'} | {r.value:.4g} | {r.threshold:.4g} |" for r in comparison]

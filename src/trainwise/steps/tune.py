@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from sqlalchemy.exc import SQLAlchemyError
 
 from trainwise import serving
+from trainwise.baseline import against_network, fit_baseline, logged_metrics
 from trainwise.callbacks import TrackingCallback
 from trainwise.config import ProjectConfig, flatten, with_overrides
 from trainwise.config.tune import CategoricalParam, FloatParam, IntParam
@@ -477,6 +478,9 @@ def _test_and_log_model(
     if "test" in full.splits:
         finals = finals | {f"test_{k}": v for k, v in predict_split(trainer, full, full.splits["test"]).metrics.items()}
     run.log_metrics(finals)
+    baseline = fit_baseline(full, seed=cfg.train.seed)  # the study's best model beside the classical baseline
+    run.log_metrics(logged_metrics(baseline))
+    run.set_tags({"trainwise.baseline": against_network(baseline, finals, cfg.task.metric or "accuracy", maximize=cfg.task.direction == "maximize")})
     uri = serving.log_model(run.run_id, tracking_uri=run.tracking_uri, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
     return uri, finals
 
