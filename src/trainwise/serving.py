@@ -85,6 +85,8 @@ _ENTRY_CODE = (
     "from trainwise.serving import TrainwiseModel\n\n"
     "mlflow.models.set_model(TrainwiseModel())\n"
 )
+TTA_PARAM = "tta"  # pyfunc predict param: "none", or "flip" (images: the mean over the image and its mirror)
+TTA_MODES = ("none", "flip")
 _SPEC_KEYS = ("model", "input_shape", "num_outputs", "params", "task", "classes", "preprocessing")
 
 
@@ -112,7 +114,7 @@ class TrainwiseModel(PythonModel):
     def predict(
         self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        return self._predictor.predict(model_input)
+        return self._predictor.predict(model_input, tta=str((params or {}).get(TTA_PARAM, "none")))
 
 
 class Predictor:
@@ -146,10 +148,16 @@ class Predictor:
     def classes(self) -> list[str]:
         return self.spec["classes"]
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def predict(self, frame: pd.DataFrame, *, tta: str = "none") -> pd.DataFrame:
+        """Predictions for every row; `tta="flip"` averages each image with its mirror image (test-time augmentation)."""
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"the model predicts from a pandas DataFrame, not {type(frame).__name__}")
-        outputs = [self._forward(batch) for batch in self._batches(frame)]
+        if tta not in TTA_MODES:
+            raise InputError(f"tta {tta!r}: expected one of {', '.join(TTA_MODES)}")
+        if tta == "flip" and self.kind == "table":
+            raise InputError("tta 'flip' mirrors images; this model predicts from table rows")
+        forward = self._forward_flipped if tta == "flip" else self._forward
+        outputs = [forward(batch) for batch in self._batches(frame)]
         width = self.spec["num_outputs"]
         raw = torch.cat(outputs) if outputs else torch.empty(0, width)
         return self._output(raw, frame.index)
@@ -179,6 +187,15 @@ class Predictor:
     @torch.inference_mode()
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.network(batch.to(self.device)).float().cpu()
+
+    @torch.inference_mode()
+    def _forward_flipped(self, batch: torch.Tensor) -> torch.Tensor:
+        """The mean over the image and its horizontal mirror: of the probabilities (as log-probabilities, so
+        `_output`'s softmax returns that mean), or of the predicted values for regression."""
+        both = [self._forward(batch), self._forward(batch.flip(-1))]
+        if self.spec["task"] == REGRESSION:
+            return (both[0] + both[1]) / 2
+        return torch.stack([torch.log_softmax(o.double(), dim=1) for o in both]).exp().mean(0).log().float()
 
     def _output(self, raw: torch.Tensor, index: pd.Index) -> pd.DataFrame:
         if self.spec["task"] == REGRESSION:
@@ -350,7 +367,15 @@ def _signature(example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
         # MLflow hints that integer columns cannot hold missing values; here the only one is the
         # output's `index`, which MLflow never enforces. Inputs have no integer columns (see above).
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
-        return infer_signature(example, output)
+        # The `tta` param in the signature: MLflow drops (with a warning) any param a signature lacks.
+        return infer_signature(example, output, params={TTA_PARAM: "none"})
+
+
+def supports_tta(model: Any) -> bool:
+    """Does a loaded pyfunc model take the `tta` param (models logged before it existed ignore it)?"""
+    signature = getattr(model.metadata, "signature", None)
+    params = getattr(signature, "params", None)
+    return params is not None and TTA_PARAM in {p.name for p in params.params}
 
 
 def portable_example(spec: Mapping[str, Any], frame: pd.DataFrame) -> pd.DataFrame:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, root_mean_squared_error
+from sklearn.metrics import accuracy_score, log_loss, root_mean_squared_error
 
 from trainwise.errors import TrainwiseError
 
@@ -281,6 +281,7 @@ class Score:
     metric: str  # submission_accuracy or submission_rmse
     value: float
     rows: int  # rows scored (ids present in both the submission and the answers)
+    also: dict[str, float] = field(default_factory=dict)  # probability submissions: submission_log_loss
 
 
 def read_answers(path: Path, spec: SubmissionSpec) -> pd.DataFrame:
@@ -307,7 +308,18 @@ def score_submission(frame: pd.DataFrame, spec: SubmissionSpec, answers: pd.Data
         rmse = root_mean_squared_error(pd.to_numeric(truth[shared]).astype("float64"), predicted[shared].astype("float64"))
         return Score("submission_rmse", float(rmse), len(shared))
     accuracy = accuracy_score(truth[shared].astype(str), predicted[shared].astype(str))
-    return Score("submission_accuracy", float(accuracy), len(shared))
+    also = {"submission_log_loss": _log_loss(frame, spec, truth[shared])} if spec.kind == "probabilities" else {}
+    return Score("submission_accuracy", float(accuracy), len(shared), also)
+
+
+def _log_loss(frame: pd.DataFrame, spec: SubmissionSpec, truth: pd.Series) -> float:
+    """scikit-learn's log loss of the submitted probabilities (one column per class) against the answers' classes."""
+    answers = truth.astype(str)
+    unknown = sorted(set(answers) - set(spec.classes))
+    if unknown:
+        raise SubmissionError(f"the answers name classes the submission has no column for: {_list(unknown)}")
+    rows = frame.assign(_id=frame[spec.id_column].astype(str)).set_index("_id").loc[answers.index, list(spec.classes)]
+    return float(log_loss(answers.to_numpy(), rows.apply(pd.to_numeric).to_numpy(float), labels=list(spec.classes)))
 
 
 def predicted_values(frame: pd.DataFrame, spec: SubmissionSpec) -> pd.Series:

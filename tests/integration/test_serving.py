@@ -33,7 +33,7 @@ from PIL import Image
 from tests.conftest import free_port
 from trainwise.data.table_prep import TablePreprocessor
 from trainwise.models import create_model
-from trainwise.serving import check_spec, log_model
+from trainwise.serving import check_spec, log_model, supports_tta
 from trainwise.tracking import Tracker
 
 CLASSES = ["cat", "dog", "eel"]
@@ -136,6 +136,23 @@ def test_paths_bytes_and_base64_give_the_same_predictions_as_the_network(image_m
         expected = torch.softmax(image_model.network(x).double(), dim=1).numpy()
     np.testing.assert_allclose(by_path[[f"prob_{c}" for c in CLASSES]].to_numpy()[:3], expected, atol=1e-6)
     assert by_path["label"].nunique() > 1  # the check above is not comparing constant outputs
+
+
+def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror(image_model: LoggedImageModel) -> None:
+    model = mlflow.pyfunc.load_model(image_model.uri)
+    assert supports_tta(model)
+    frame = pd.DataFrame({"image": image_model.paths[:3]})
+    flipped = model.predict(frame, params={"tta": "flip"})
+    check_classification(flipped, CLASSES, 3)
+    x = (torch.from_numpy(np.stack(image_model.pixels)).float()[:, None] / 255.0 - MEAN[0]) / STD[0]
+    with torch.no_grad():
+        plain = torch.softmax(image_model.network(x).double(), dim=1)
+        mirror = torch.softmax(image_model.network(x.flip(-1)).double(), dim=1)
+    np.testing.assert_allclose(flipped[[f"prob_{c}" for c in CLASSES]].to_numpy(), ((plain + mirror) / 2).numpy(), atol=1e-6)
+    assert not np.allclose(plain.numpy(), mirror.numpy(), atol=1e-3)  # the mirror changes the answer: the mean is not trivially the plain one
+    pd.testing.assert_frame_equal(model.predict(frame, params={"tta": "none"}), model.predict(frame))
+    with pytest.raises(Exception, match="tta 'rotate': expected one of none, flip"):
+        model.predict(frame, params={"tta": "rotate"})
 
 
 def test_an_undecodable_row_is_a_value_error_naming_the_row(image_model: LoggedImageModel, tmp_path: Path) -> None:

@@ -78,6 +78,13 @@ def test_digits_submission_from_the_champion_is_valid_and_scored(tracking_server
     assert "trainwise.model_version" not in override.data.tags
     assert override.data.metrics["submission_accuracy"] == pytest.approx(metrics["submission_accuracy"])  # the same weights
 
+    # submission.tta: flip averages each test image with its mirror: another valid, scored file (digits never
+    # trained on mirrored images, so the score may drop; the step warns about that)
+    flip = f"{settings} submission.tta=flip"
+    mirrored = client.get_run(submit(load_config(DIGITS, (flip,), dry_run=True), tracker, flip))
+    assert mirrored.info.status == "FINISHED" and mirrored.data.metrics["scored_rows"] == 360
+    assert mirrored.data.tags["trainwise.cache_key"] != run.data.tags["trainwise.cache_key"]  # not the plain run reused
+
 
 def test_no_champion_says_to_promote(tracking_server: str, unique_name: str) -> None:
     settings = f"name={unique_name} registry.model_name={unique_name}-none"

@@ -207,7 +207,15 @@ def test_built_submissions_follow_the_sample_order_and_pass_in_every_format(tmp_
         written = validate_file(write_submission(build_submission(spec, items, output), tmp_path / f"{kind}.csv"), spec)
         assert written.columns.tolist() == header and written["id"].tolist() == IDS
         answers = pd.DataFrame({"id": items, "answer": output["label"]})
-        assert score_submission(written, spec, answers).value == 1.0
+        score = score_submission(written, spec, answers)
+        assert score.value == 1.0
+        if kind == "probabilities":  # log loss, textbook: the mean -ln p of each id's answer, whatever the row order
+            by_id = dict(zip(items, probabilities, strict=True))
+            true_class = {i: CLASSES.index(a) for i, a in zip(items, output["label"], strict=True)}
+            expected = -np.mean([np.log(by_id[i][true_class[i]]) for i in items])
+            assert score.also["submission_log_loss"] == pytest.approx(expected, rel=1e-9)
+        else:
+            assert score.also == {}
 
 
 def test_a_model_of_other_classes_is_refused(tmp_path: Path) -> None:

@@ -263,6 +263,7 @@ class SubmissionConfig(Section):
     target_column: str = "label"
     format: Literal["label", "index", "probabilities"] = "label"
     sample_submission: Path | None = Field(None, description="a sample submission whose ids and header must be matched")
+    tta: Literal["none", "flip"] = Field("none", description="flip: each test image's prediction averaged with its mirror's")
 
     @field_validator("sample_submission")
     @classmethod

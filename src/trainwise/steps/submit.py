@@ -23,12 +23,14 @@ from trainwise.data.manifest import OK
 from trainwise.data.records import TEST, TRAIN, list_images
 from trainwise.errors import TrackingError
 from trainwise.paths import trainwise_home
+from trainwise.serving import TTA_PARAM, supports_tta
 from trainwise.steps import artifacts
 from trainwise.steps.artifacts import TAG_DIGEST
 from trainwise.steps.inputs import table_rows
 from trainwise.steps.runner import StepContext
 from trainwise.submission import (
     Score,
+    SubmissionError,
     SubmissionSpec,
     build_submission,
     predicted_values,
@@ -88,7 +90,18 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         sample=sample_submission(cfg),
     )
     log.info("%s: predicting %d %s items with %s", cfg.name, len(items.ids), items.split, model_uri)
-    predictions = load_pyfunc(model_uri, tracking_uri=ctx.tracker.tracking_uri).predict(items.inputs)
+    model = load_pyfunc(model_uri, tracking_uri=ctx.tracker.tracking_uri)
+    tta = cfg.submission.tta
+    if tta != "none" and not supports_tta(model):
+        raise SubmissionError(
+            f"submission.tta {tta!r}: {model_uri} was logged before test-time augmentation existed and would ignore it; "
+            "train or tune it again, or set submission.tta: none"
+        )
+    if tta == "flip" and not cfg.task.is_image:
+        raise SubmissionError("submission.tta 'flip' mirrors images; this project's inputs are table rows: set submission.tta: none")
+    if tta == "flip" and not cfg.augment.flip:
+        log.warning("submission.tta flip: the model never saw mirrored images in training (augment.flip is false)")
+    predictions = model.predict(items.inputs, params={TTA_PARAM: tta}) if tta != "none" else model.predict(items.inputs)
 
     path = write_submission(
         build_submission(spec, items.ids, predictions), trainwise_home() / "submissions" / run.run_id / SUBMISSION
@@ -100,7 +113,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
 
     score = _score(cfg, written, spec, items)
     if score is not None:
-        metrics |= {score.metric: score.value, "scored_rows": score.rows}
+        metrics |= {score.metric: score.value, "scored_rows": score.rows, **score.also}
     run.log_metrics(metrics)
     run.set_description(
         _markdown(
@@ -247,5 +260,6 @@ def _markdown(
     ]
     if score is not None:
         name = score.metric.removeprefix("submission_")
-        lines += ["", f"**Score on the test set's answers: {name} {score.value:.4f}** ({score.rows:,} rows scored)."]
+        also = "".join(f", {k.removeprefix('submission_')} {v:.4f}" for k, v in score.also.items())
+        lines += ["", f"**Score on the test set's answers: {name} {score.value:.4f}{also}** ({score.rows:,} rows scored)."]
     return "\n".join(lines)
