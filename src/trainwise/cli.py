@@ -236,10 +236,12 @@ def run_command(
     out.print(table)
     out.print(f"MLflow UI:    {tracker.experiment_url}  (experiment {cfg.name})", highlight=False)
     out.print(f"pipeline run: {pipeline_url}", highlight=False)
-    submitted = next((o for o in outcomes if o.step == "submit" and o.outputs.get("file")), None)
-    if submitted is not None:
+    submitted = next((o for o in outcomes if o.step == "submit"), None)
+    if submitted is not None and submitted.outputs.get("file"):
         score = submitted.outputs.get("score")
         out.print(f"submission:   {submitted.outputs['file']}" + (f"  (score {score:.4f})" if score is not None else ""), highlight=False)
+    elif submitted is not None:  # reused: the file is the cached run's artifact
+        out.print(f"submission:   submission.csv of the reused submit run {submitted.url}", highlight=False)
     out.print(f"outputs:      run artifacts in the MLflow UI; local state in {trainwise_home()}", highlight=False)
 
 
