@@ -35,9 +35,11 @@ class Baseline:
 def features(split: TensorData, *, image: bool) -> np.ndarray:
     """Rows of numbers: the prepared table as is, or each image averaged down to PIXELS x PIXELS per channel, in 0..1."""
     x = split.x
+    # float64: scikit-learn keeps float32 inputs in float32, and probabilities that then sum to 1 only
+    # within 1e-7 make its log_loss warn
     if not image:
-        return x.float().cpu().numpy()
-    small = torch.nn.functional.adaptive_avg_pool2d(x.float().cpu() / 255.0, min(PIXELS, x.shape[-1]))
+        return x.cpu().double().numpy()
+    small = torch.nn.functional.adaptive_avg_pool2d(x.cpu().double() / 255.0, min(PIXELS, x.shape[-1]))
     return small.flatten(1).numpy()
 
 

@@ -18,8 +18,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from trainwise.config import ProjectConfig, load_config
-from trainwise.errors import ChecksFailedError, Terminated, TrainwiseError
-from trainwise.server import DEFAULT_HOST, DEFAULT_PORT, LocalServer, ensure_tracking_uri
+from trainwise.errors import Terminated, TrainwiseError
+from trainwise.server import DEFAULT_HOST, DEFAULT_PORT, LocalServer
 from trainwise.signals import sigterm_raises
 from trainwise.steps import STEP_NAMES, STEPS, StepSpec
 
@@ -146,12 +146,9 @@ def _load(project: str, overrides: tuple[str, ...], dry_run: bool) -> ProjectCon
 
 
 def _tracker(cfg: ProjectConfig) -> Tracker:
-    from trainwise.tracking import Tracker  # lazily: mlflow takes seconds to import, --help should not
+    from trainwise.api import connect  # lazily: mlflow takes seconds to import, --help should not
 
-    tracker = Tracker(cfg.name, ensure_tracking_uri())
-    tracker.flush_spools()  # what ended runs kept while the server was away
-    tracker.end_orphaned_runs()  # runs whose process was killed outright: FAILED, not RUNNING forever
-    return tracker
+    return connect(cfg)
 
 
 # -- one command per step --------------------------------------------------------------------------
@@ -159,25 +156,23 @@ def _tracker(cfg: ProjectConfig) -> Tracker:
 
 def _make_step_command(spec: StepSpec) -> click.Command:
     def command(project: str, overrides: tuple[str, ...], force: str, dry_run: bool, **extra: Any) -> None:
+        from trainwise import api
         from trainwise.steps.pipeline import forced_steps
-        from trainwise.steps.runner import execute
 
         cfg = _load(project, overrides, dry_run)
         with sigterm_raises():
             resume = bool(extra.pop("resume", False))
             skip_checks = bool(extra.pop("skip_checks", False))
             with_upstream = bool(extra.pop("with_upstream", False))
-            options = {k: v for k, v in extra.items() if v not in ("", False, None)}
-            forced = spec.name in forced_steps(force) or resume
-            tracker = _tracker(cfg)
-            if with_upstream:
-                _run_upstream(spec, cfg, tracker, skip_checks=skip_checks)
-            outcome = execute(spec.name, cfg, tracker, force=forced, skip_checks=skip_checks, resume=resume, options=options)
+            forced = spec.name in forced_steps(force)
+            loaded = api.Project(cfg, _tracker(cfg))
+            if with_upstream and (pending := api.upstream_to_run(loaded, spec.name, skip_checks=skip_checks)):
+                out.print(f"{spec.name} needs {', '.join(pending)} first (no current run for this config)", highlight=False)
+            outcome = api.run_step(
+                loaded, spec.name, force=forced, with_upstream=with_upstream, skip_checks=skip_checks, resume=resume, **extra
+            )
         verb = "reused cached run" if outcome.state == "reused" else "finished"
         out.print(f"[bold green]{spec.name}[/] {verb}: {outcome.url}", highlight=False)
-        if outcome.passed is False:
-            failed = ", ".join(outcome.outputs.get("failed", [])) or "see the run"
-            raise ChecksFailedError(f"{spec.name}: checks failed ({failed}); the report is in {outcome.url}")
 
     command.__doc__ = f"Step {spec.number}: {spec.title}."
     decorated = step_options(command)
@@ -186,23 +181,6 @@ def _make_step_command(spec: StepSpec) -> click.Command:
     if spec.upstream:
         decorated = with_upstream_option(decorated)
     return click.command(name=spec.name)(decorated)
-
-
-def _run_upstream(spec: StepSpec, cfg: ProjectConfig, tracker: Tracker, *, skip_checks: bool) -> None:
-    """--with-upstream: run the steps `spec` needs that have no current run, in pipeline order."""
-    from trainwise.steps.runner import cache_keys, execute, stale_upstream
-
-    keys = cache_keys(cfg, skip_checks=skip_checks)
-    pending = [name for name in stale_upstream(spec.name, cfg, tracker, keys) if not (skip_checks and name == "check")]
-    if not pending:
-        return
-    out.print(f"{spec.name} needs {', '.join(pending)} first (no current run for this config)", highlight=False)
-    for name in pending:
-        outcome = execute(name, cfg, tracker, keys=keys, skip_checks=skip_checks)
-        out.print(f"[bold green]{name}[/] finished: {outcome.url}", highlight=False)
-        if outcome.passed is False:
-            failed = ", ".join(outcome.outputs.get("failed", [])) or "see the run"
-            raise ChecksFailedError(f"{name}: checks failed ({failed}); the report is in {outcome.url}")
 
 
 for _spec in STEPS:
@@ -218,14 +196,15 @@ def run_command(
     *, project: str, overrides: tuple[str, ...], force: str, dry_run: bool, skip_checks: bool, last: str | None, first: str | None
 ) -> None:
     """Every step (or --from/--to a range) as child runs of one pipeline run; unchanged steps are reused from cache."""
+    from trainwise import api
     from trainwise.paths import trainwise_home
-    from trainwise.steps.pipeline import run_pipeline, selected_steps
+    from trainwise.steps.pipeline import selected_steps
 
-    steps = selected_steps(first, last)
+    selected_steps(first, last)  # a range with no step in it is refused before anything starts
     cfg = _load(project, overrides, dry_run)
     tracker = _tracker(cfg)
     with sigterm_raises():
-        pipeline_url, outcomes = run_pipeline(cfg, tracker, force=force, skip_checks=skip_checks, steps=steps)
+        pipeline_url, outcomes = api.run_pipeline(api.Project(cfg, tracker), first=first, last=last, force=force, skip_checks=skip_checks)
     table = Table(title=f"pipeline {cfg.name}", title_justify="left")
     table.add_column("step")
     table.add_column("state")
