@@ -29,11 +29,11 @@ def test_the_walkthrough_runs_every_step_and_shows_the_checks_and_the_submission
     texts = {i: _text(cell) for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"}
     assert not [c for c in notebook.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     everything = "\n".join(texts.values())
-    assert "# digits" in everything or "digits" in everything  # the problem card
+    assert "## Classes" in everything and "imbalance ratio" in everything  # the problem card, rendered
     assert "passed" in everything and "loss_at_init" in everything  # the check table
     assert "beats the baseline" in everything or "falls short of the baseline" in everything
     assert "rows; accuracy on the hidden answers" in everything
-    assert tracking_server.split("//")[1].split(":")[0] in everything  # the UI link
+    assert f'href="{tracking_server}/#/experiments/' in everything  # the UI link, clickable
     images = sum(o.get("data", {}).get("image/png") is not None for c in notebook.cells for o in c.get("outputs", []))
     assert images >= 3  # exploration figures and the learning curves, inline
     for step in ("understand", "ingest", "explore", "sample", "prepare", "check", "train", "tune", "promote", "submit"):
