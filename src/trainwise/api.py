@@ -3,7 +3,7 @@
     import trainwise.api as tw
     project = tw.open_project("projects/digits")            # config + tracking server (started if local and absent)
     tw.run_step(project, "check", with_upstream=True)      # one step, reusing what is current
-    tw.check_table(tw.run_step(project, "check"))           # the check rows as a DataFrame
+    tw.check_table(project, tw.run_step(project, "check"))  # the check rows as a DataFrame
     tw.run_pipeline(project)                                # every step, as `trainwise run`
 
 Every step runs exactly as from the command line (the same MLflow runs, cache keys and checks);
@@ -72,22 +72,22 @@ def run_step(
     from trainwise.steps.runner import cache_keys, execute, stale_upstream
 
     cfg, tracker = project.cfg, project.tracker
+    chosen = {k: v for k, v in options.items() if v not in ("", False, None)}
     if with_upstream:
         keys = cache_keys(cfg, skip_checks=skip_checks)
-        for name in stale_upstream(step, cfg, tracker, keys):
-            if not (skip_checks and name == "check"):
-                _gate(execute(name, cfg, tracker, keys=keys, skip_checks=skip_checks))
-    chosen = {k: v for k, v in options.items() if v not in ("", False, None)}
+        for name in stale_upstream(step, cfg, tracker, keys, skip_checks=skip_checks, options=chosen):
+            _gate(execute(name, cfg, tracker, keys=keys, skip_checks=skip_checks))
     outcome = execute(step, cfg, tracker, force=force or resume, skip_checks=skip_checks, resume=resume, options=chosen)
     return _gate(outcome)
 
 
-def upstream_to_run(project: Project, step: str, *, skip_checks: bool = False) -> list[str]:
+def upstream_to_run(project: Project, step: str, *, skip_checks: bool = False, **options: Any) -> list[str]:
     """The steps `step` needs that have no current run (what `with_upstream` runs first)."""
     from trainwise.steps.runner import cache_keys, stale_upstream
 
     keys = cache_keys(project.cfg, skip_checks=skip_checks)
-    return [s for s in stale_upstream(step, project.cfg, project.tracker, keys) if not (skip_checks and s == "check")]
+    chosen = {k: v for k, v in options.items() if v not in ("", False, None)}
+    return stale_upstream(step, project.cfg, project.tracker, keys, skip_checks=skip_checks, options=chosen)
 
 
 def run_pipeline(

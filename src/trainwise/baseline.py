@@ -23,6 +23,7 @@ from trainwise.metrics import CLASSIFICATION, classification_metrics, regression
 
 PIXELS = 8  # images are averaged down to PIXELS x PIXELS per channel
 MAX_TRAIN_ITEMS = 10_000  # a baseline in seconds: a random subset of a larger training split
+CHUNK = 1024  # images pooled at a time
 
 
 @dataclass
@@ -32,25 +33,32 @@ class Baseline:
     train_items: int = 0
 
 
-def features(split: TensorData, *, image: bool) -> np.ndarray:
-    """Rows of numbers: the prepared table as is, or each image averaged down to PIXELS x PIXELS per channel, in 0..1."""
-    x = split.x
+def features(split: TensorData, *, image: bool, index: np.ndarray | None = None) -> np.ndarray:
+    """Rows of numbers for the items `index` (default all): the prepared table as is, or each image
+    averaged down to PIXELS x PIXELS per channel, in 0..1. Images are pooled CHUNK at a time, so a
+    split of large photos never exists as floats whole."""
+    x = split.x if index is None else split.x[torch.from_numpy(index)]
     # float64: scikit-learn keeps float32 inputs in float32, and probabilities that then sum to 1 only
     # within 1e-7 make its log_loss warn
     if not image:
         return x.cpu().double().numpy()
-    small = torch.nn.functional.adaptive_avg_pool2d(x.cpu().double() / 255.0, min(PIXELS, x.shape[-1]))
-    return small.flatten(1).numpy()
+    side = min(PIXELS, x.shape[-1])
+    chunks = [
+        torch.nn.functional.adaptive_avg_pool2d(x[start : start + CHUNK].cpu().float() / 255.0, side).flatten(1).double()
+        for start in range(0, len(x), CHUNK)
+    ]
+    return torch.cat(chunks).numpy() if chunks else np.empty((0, x.shape[1] * side * side))
 
 
 def fit_baseline(data: PreparedData, *, seed: int = 0) -> Baseline:
     """Fit on the training split (at most MAX_TRAIN_ITEMS of it) and score every other labelled split."""
     image = data.is_image
     train = data.splits["train"]
-    x, y = features(train, image=image), train.y.cpu().numpy()
-    if len(y) > MAX_TRAIN_ITEMS:
-        chosen = np.random.default_rng(seed).choice(len(y), MAX_TRAIN_ITEMS, replace=False)
-        x, y = x[chosen], y[chosen]
+    chosen = None
+    if len(train) > MAX_TRAIN_ITEMS:  # chosen before any feature is computed: memory stays bounded
+        chosen = np.sort(np.random.default_rng(seed).choice(len(train), MAX_TRAIN_ITEMS, replace=False))
+    x = features(train, image=image, index=chosen)
+    y = train.y.cpu().numpy() if chosen is None else train.y.cpu().numpy()[chosen]
     inputs = f"{PIXELS}x{PIXELS} pixels per channel" if image else "the prepared features"
     if data.task == CLASSIFICATION:
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))

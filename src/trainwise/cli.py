@@ -166,7 +166,7 @@ def _make_step_command(spec: StepSpec) -> click.Command:
             with_upstream = bool(extra.pop("with_upstream", False))
             forced = spec.name in forced_steps(force)
             loaded = api.Project(cfg, _tracker(cfg))
-            if with_upstream and (pending := api.upstream_to_run(loaded, spec.name, skip_checks=skip_checks)):
+            if with_upstream and (pending := api.upstream_to_run(loaded, spec.name, skip_checks=skip_checks, **extra)):
                 out.print(f"{spec.name} needs {', '.join(pending)} first (no current run for this config)", highlight=False)
             outcome = api.run_step(
                 loaded, spec.name, force=forced, with_upstream=with_upstream, skip_checks=skip_checks, resume=resume, **extra
@@ -219,7 +219,7 @@ def run_command(
     if submitted is not None and submitted.outputs.get("file"):
         score = submitted.outputs.get("score")
         out.print(f"submission:   {submitted.outputs['file']}" + (f"  (score {score:.4f})" if score is not None else ""), highlight=False)
-    elif submitted is not None:  # reused: the file is the cached run's artifact
+    elif submitted is not None and submitted.state == "reused":  # the file is the cached run's artifact
         out.print(f"submission:   submission.csv of the reused submit run {submitted.url}", highlight=False)
     out.print(f"outputs:      run artifacts in the MLflow UI; local state in {trainwise_home()}", highlight=False)
 
@@ -256,12 +256,12 @@ def status_command(project: str, overrides: tuple[str, ...], dry_run: bool) -> N
 def dashboard_command(project: str, overrides: tuple[str, ...], storage: str, host: str, port: int) -> None:
     """optuna-dashboard on the project's study storage (the one `trainwise tune` uses); needs the dashboard extra."""
     from trainwise.dashboard import page_url, serve
-    from trainwise.steps.tune import redact, study_storage
+    from trainwise.steps.tune import make_storage, redact, study_storage
 
     cfg = _load(project, overrides, False)
     url = study_storage(cfg, storage or None)
     out.print(f"optuna-dashboard on {redact(url)}: {page_url(host, port)}  (Ctrl-C stops it)", highlight=False)
-    serve(url, host=host, port=port)  # until Ctrl-C or SIGTERM: the way to stop it, not an error
+    serve(url, host=host, port=port, open_storage=lambda u: make_storage(u, cfg))  # until Ctrl-C or SIGTERM: the way to stop it
     out.print("dashboard stopped")
 
 

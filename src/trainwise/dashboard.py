@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from socketserver import ThreadingMixIn
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from trainwise.errors import ConfigError, TrainwiseError
@@ -27,7 +29,7 @@ def sqlite_file(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///").split("?", 1)[0])  # sqlite:////abs/file.db or sqlite:///relative.db
 
 
-def serve(storage_url: str, *, host: str, port: int) -> None:
+def serve(storage_url: str, *, host: str, port: int, open_storage: Callable[[str], Any] = lambda url: url) -> None:
     """Serve optuna-dashboard on `storage_url` until SIGINT or SIGTERM, then stop cleanly (its page: `page_url`).
 
     optuna-dashboard's own `run_server` runs bottle's single-threaded server in the main thread: a
@@ -39,12 +41,13 @@ def serve(storage_url: str, *, host: str, port: int) -> None:
         import optuna_dashboard
     except ImportError:
         raise DashboardError(f"optuna-dashboard is not installed: {INSTALL_HINT}") from None
-    database = sqlite_file(storage_url)
+    database = sqlite_file(storage_url) or (Path(storage_url).expanduser() if "://" not in storage_url else None)
     if database is not None and not database.is_file():
         # optuna-dashboard would create an empty database there and show nothing: say why instead
         raise ConfigError(f"no study storage at {database}: run `trainwise tune` for this project first, or pass --storage URL")
+    app = optuna_dashboard.wsgi(open_storage(storage_url))  # open_storage: tune's, whose errors name the address
     try:
-        server = make_server(host, port, optuna_dashboard.wsgi(storage_url), server_class=_ThreadingServer, handler_class=_QuietHandler)
+        server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     except OSError as exc:
         raise DashboardError(f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port") from None
     stop = threading.Event()
@@ -59,6 +62,8 @@ def serve(storage_url: str, *, host: str, port: int) -> None:
         server.server_close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if not stop.is_set():
+        raise DashboardError(f"the dashboard's server on {host}:{port} stopped by itself; see the log above")
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):

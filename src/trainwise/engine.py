@@ -175,8 +175,9 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.amp_dtype: torch.dtype | None = None
         self.scaler: torch.amp.GradScaler | None = None
-        # The training objective may weight classes; evaluation keeps the plain loss, so val_loss is
-        # the textbook mean over items whatever the training options (and comparable across them).
+        # The training objective may weight classes; evaluation keeps the unweighted loss (with the
+        # configured label smoothing), a mean over items comparable across those options; log_loss is
+        # the textbook one either way (MetricAccumulator).
         self.eval_loss_fn: nn.Module = (
             nn.CrossEntropyLoss(label_smoothing=config.label_smoothing) if config.task == CLASSIFICATION else nn.MSELoss()
         )

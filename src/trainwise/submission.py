@@ -318,8 +318,11 @@ def _log_loss(frame: pd.DataFrame, spec: SubmissionSpec, truth: pd.Series) -> fl
     unknown = sorted(set(answers) - set(spec.classes))
     if unknown:
         raise SubmissionError(f"the answers name classes the submission has no column for: {_list(unknown)}")
-    rows = frame.assign(_id=frame[spec.id_column].astype(str)).set_index("_id").loc[answers.index, list(spec.classes)]
-    return float(log_loss(answers.to_numpy(), rows.apply(pd.to_numeric).to_numpy(float), labels=list(spec.classes)))
+    # scikit-learn reads y_pred's columns in the sorted order of the labels, whatever order `labels`
+    # gives (with classes ['b', 'a'] it would score each row against the other class): sort them first
+    ordered = sorted(spec.classes)
+    rows = frame.assign(_id=frame[spec.id_column].astype(str)).set_index("_id").loc[answers.index, ordered]
+    return float(log_loss(answers.to_numpy(), rows.apply(pd.to_numeric).to_numpy(float), labels=ordered))
 
 
 def predicted_values(frame: pd.DataFrame, spec: SubmissionSpec) -> pd.Series:

@@ -69,3 +69,10 @@ def test_dashboard_on_a_taken_port_names_it(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         output = invoke("dashboard", "--project", DIGITS, "--storage", f"sqlite:///{storage}", "--port", str(port), code=None)
     assert f"cannot listen on 127.0.0.1:{port}" in output and "--port" in output
+
+
+def test_dashboard_on_an_unreachable_database_names_the_address() -> None:
+    url = "postgresql+psycopg2://postgres@127.0.0.1:1/nothing"  # nothing listens on port 1
+    output = invoke("dashboard", "--project", DIGITS, "--storage", url, "--port", str(free_port()), code=2)
+    assert "could not open the Optuna storage postgresql+psycopg2://postgres@127.0.0.1:1/nothing" in output
+    assert "Traceback" not in output

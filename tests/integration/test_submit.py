@@ -84,6 +84,8 @@ def test_digits_submission_from_the_champion_is_valid_and_scored(tracking_server
     mirrored = client.get_run(submit(load_config(DIGITS, (flip,), dry_run=True), tracker, flip))
     assert mirrored.info.status == "FINISHED" and mirrored.data.metrics["scored_rows"] == 360
     assert mirrored.data.tags["trainwise.cache_key"] != run.data.tags["trainwise.cache_key"]  # not the plain run reused
+    flipped = pd.read_csv(client.download_artifacts(mirrored.info.run_id, "submission.csv", str(tmp_path / "flip")), dtype=str)
+    assert (flipped["label"] != submission["label"]).any()  # the mirror was used (MLflow only warns on a dropped param)
 
 
 def test_no_champion_says_to_promote(tracking_server: str, unique_name: str) -> None:

@@ -23,14 +23,16 @@ def test_digits_pixels_give_a_strong_baseline_scored_like_the_network() -> None:
 
 
 def test_a_class_missing_from_training_gets_probability_zero_not_a_shifted_column() -> None:
+    """No 4 in training: scikit-learn's 9 columns are classes 0-3 and 5-9; mapped by position onto the
+    10 classes they would shift 5-9 down by one, and half the validation digits would be wrong."""
     data = digits_data()
     train = data.splits["train"]
-    keep = train.y != 9  # no 9 in training: predict_proba has 9 columns, the report 10
+    keep = train.y != 4
     data.splits["train"] = TensorData(train.x[keep], train.y[keep])
     scores = fit_baseline(data).metrics["val"]
-    val_without_nines = data.splits["val"].y != 9
-    assert scores["accuracy"] <= float(val_without_nines.float().mean())  # every 9 is wrong, nothing else shifts
-    assert scores["accuracy"] > 0.7 and np.isfinite(scores["log_loss"])
+    fours = float((data.splits["val"].y == 4).float().mean())
+    assert scores["accuracy"] <= 1 - fours + 1e-9  # every 4 is wrong
+    assert scores["accuracy"] > 0.75 and np.isfinite(scores["log_loss"])  # the rest land in their own columns
 
 
 def test_regression_scores_are_in_the_targets_units() -> None:

@@ -114,7 +114,7 @@ def test_early_stopping_waits_for_the_one_cycle_warmup() -> None:
     """While one-cycle's rate still rises (its first 30%: 6 of 20 epochs) stalled epochs do not count."""
     _, result = fit(config(epochs=20, lr=1e-6, early_stopping_patience=2, schedule="onecycle"))
     assert result.stop_reason.startswith("early stopping")
-    assert len(result.history) == 6 + 2  # without the wait: 3
+    assert 6 + 2 <= len(result.history) < 20  # without the wait: 3 (a chance gain at lr 1e-6 may reset the count)
 
 
 def test_callback_can_stop_training_and_sees_device_losses() -> None:

@@ -46,7 +46,7 @@ def test_train_epochs_does_not_rerun_the_check() -> None:
         ("checks.overfit_steps=90", "check"),
         ("checks.sample_epochs=4", "check"),
         ("train.lr=0.01", "check"),  # the check's short fits train with it
-        ("train.class_weight=balanced", "check"),
+        ("train.class_weight=balanced", "understand"),  # the problem card's advice on unbalanced classes, and check's fits
     ],
 )
 def test_a_setting_a_step_reads_reruns_it_and_what_follows(override: str, first: str) -> None:
@@ -54,7 +54,7 @@ def test_a_setting_a_step_reads_reruns_it_and_what_follows(override: str, first:
     rerun = changed(override)
     assert first in rerun, rerun
     assert not {s for s in rerun if order.index(s) < order.index(first)}, rerun  # nothing upstream of it
-    assert {"train", "tune"} <= rerun
+    assert {"check", "train", "tune"} <= rerun
 
 
 def test_run_to_takes_only_what_the_step_needs_and_from_starts_there() -> None:

@@ -141,3 +141,19 @@ def test_problem_card_advises_on_unbalanced_classes(tmp_path: Path) -> None:
     assert "predicting the largest class alone scores at 80.0%" in advice and "train.class_weight: balanced" in advice
     advice = " ".join(_imbalance_advice(project(tmp_path, metric="balanced_accuracy", weight="balanced"), 0.8))
     assert "fine for unbalanced classes" in advice and "Training is balanced" in advice
+
+
+def test_balanced_training_is_judged_against_a_constant_predictions_balanced_accuracy() -> None:
+    """Plain training is judged by accuracy against the majority class's share of validation; balanced
+    training by balanced accuracy against 1/C (what any constant prediction scores)."""
+    from trainwise.checks.pipeline import ShortFit, check_beats_trivial_baseline
+    from trainwise.engine import FitResult
+
+    train, val = unbalanced_digits()
+    data = digits_data()
+    data.splits = {"train": train, "val": val}
+    fit = ShortFit(FitResult([], 1, 0.5, {}, "completed"), {"val_accuracy": 0.1, "val_balanced_accuracy": 0.6})
+    plain, balanced = setup(data=data), replace(setup(data=data), balanced=True)
+    assert not check_beats_trivial_baseline(plain, fit).passed  # 10% accuracy is below the majority's share
+    row = check_beats_trivial_baseline(balanced, fit)
+    assert row.passed and row.value == pytest.approx(0.6 - 0.1) and "balanced accuracy" in row.meaning

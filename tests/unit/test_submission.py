@@ -237,3 +237,13 @@ def test_scores_against_hidden_answers(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "reg.csv", "id,target\nt0000,10\nt0001,20\n")
     rmse = score_submission(validate_file(path, reg), reg, pd.DataFrame({"id": IDS[:2], "answer": [13.0, 16.0]}))
     assert rmse.metric == "submission_rmse" and rmse.value == pytest.approx(np.sqrt((9 + 16) / 2))
+
+
+def test_log_loss_of_classes_in_any_column_order_is_the_textbook_one(tmp_path: Path) -> None:
+    """A sample submission whose class columns are not in sorted order (Kaggle's often are not)."""
+    classes = ["wolf", "cat", "emu"]
+    spec = submission_spec(id_column="id", target_column="label", kind="probabilities", classes=classes, ids=["a", "b"])
+    frame = pd.DataFrame({"id": ["a", "b"], "wolf": [0.7, 0.1], "cat": [0.2, 0.3], "emu": [0.1, 0.6]})
+    answers = pd.DataFrame({"id": ["a", "b"], "answer": ["wolf", "emu"]})
+    score = score_submission(frame, spec, answers)
+    assert score.also["submission_log_loss"] == pytest.approx(-(np.log(0.7) + np.log(0.6)) / 2)

@@ -45,6 +45,7 @@ class CheckSetup:
     thresholds: ChecksConfig
     prior_bias_init: bool
     init_prior: list[float] | None = None  # the shares the output bias starts at (fitting.training_prior); None: data.prior()
+    balanced: bool = False  # training weighs classes alike (class_weight or sampler balanced): judged by balanced accuracy
     pretrained: bool = False  # starts from model.init weights: the loss and bias at init are not a fresh net's
     freeze_backbone: bool = False  # training starts with the backbone frozen: check 4 checks the freeze holds
     augmented: bool = True  # the training transform augments at random (else destructive_augmentation is not judged)
@@ -623,7 +624,13 @@ def check_loss_decreases(setup: CheckSetup, real: ShortFit) -> CheckResult:
 
 def check_beats_trivial_baseline(setup: CheckSetup, real: ShortFit) -> CheckResult:
     margin = setup.thresholds.baseline_margin
-    if setup.classification:
+    if setup.classification and setup.balanced:
+        # Balanced training trades accuracy on the large classes for recall on the small ones: judged
+        # by balanced accuracy, where any constant prediction scores 1 / (classes in validation).
+        baseline = 1.0 / max(1, len(torch.unique(setup.val.y)))
+        gain = real.val_metrics.get("val_balanced_accuracy", 0.0) - baseline
+        meaning = f"validation balanced accuracy minus a constant prediction's ({baseline:.1%}; training is balanced)"
+    elif setup.classification:
         majority = int(np.argmax(setup.data.prior()))
         baseline = float((setup.val.y == majority).float().mean())
         gain = real.val_metrics.get("val_accuracy", 0.0) - baseline

@@ -43,6 +43,13 @@ def _checks_except(*reads: str) -> tuple[str, ...]:
     return tuple(f"checks.{name}" for name in ChecksConfig.model_fields if name not in reads)
 
 
+def _train_except(*reads: str) -> tuple[str, ...]:
+    """Every `train.<field>` but those the step reads."""
+    from trainwise.config.sections import TrainConfig
+
+    return tuple(f"train.{name}" for name in TrainConfig.model_fields if name not in reads)
+
+
 SAMPLE_CHECKS = ("max_label_distance", "max_property_drift")
 PREPARE_CHECKS = ("max_leaked_duplicates", "max_near_copies_of_test", "min_class_items", "max_test_drift", "max_domain_auc", "max_property_label_auc")
 # The settings only training reads after its model is logged (the learning-curve refits), and those
@@ -51,7 +58,8 @@ AFTER_TRAINING = ("checks.learning_curve_fractions",)
 CHECK_IGNORES = (*AFTER_TRAINING, *(f"checks.{n}" for n in (*SAMPLE_CHECKS, *PREPARE_CHECKS)), "train.epochs", "train.early_stopping_patience")
 
 STEPS: tuple[StepSpec, ...] = (
-    StepSpec("understand", "1", "understand the problem", ("name", "task", "data", "image", "submission"), reads_source=True),
+    StepSpec("understand", "1", "understand the problem", ("name", "task", "data", "image", "submission", "train"), reads_source=True,
+             ignores=_train_except("class_weight", "sampler")),  # the card's advice on unbalanced classes
     StepSpec("ingest", "2A", "get the data and check its quality", ("data", "task", "image"), reads_source=True),
     StepSpec("explore", "2B", "explore it (plots, data card)", ("task", "image", "sample"), ("ingest",)),
     StepSpec("sample", "2C", "draw a small stratified sample", ("sample", "split", "checks", "task"), ("ingest",), ignores=_checks_except(*SAMPLE_CHECKS)),

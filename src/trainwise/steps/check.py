@@ -23,7 +23,7 @@ from trainwise.checks.pipeline import CheckSetup, plan_for, run_pipeline_checks
 from trainwise.config import ProjectConfig
 from trainwise.data.loading import PreparedData, augments_at_random, image_transforms
 from trainwise.datacard import CardSection, render_html
-from trainwise.fitting import build_model, engine_config, training_prior
+from trainwise.fitting import balanced_training, build_model, engine_config, training_prior
 from trainwise.metrics import CLASSIFICATION
 from trainwise.steps import artifacts
 from trainwise.steps.artifacts import TAG_CHECKS
@@ -55,6 +55,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         thresholds=cfg.checks,
         prior_bias_init=cfg.model.prior_bias_init,
         init_prior=training_prior(cfg, data) if data.task == CLASSIFICATION else None,
+        balanced=balanced_training(cfg) and data.task == CLASSIFICATION,
         pretrained=init is not None,
         freeze_backbone=cfg.model.freeze_backbone_epochs > 0,
         augmented=data.is_image and augments_at_random(cfg),

@@ -35,6 +35,9 @@ def forced_steps(force: str | bool | None) -> set[str]:
 def selected_steps(first: str | None = None, last: str | None = None) -> list[str]:
     """`--from FIRST --to LAST`: from FIRST on (the steps before it must have current runs), up to
     LAST and only what LAST needs (`--to check` runs ingest, sample, prepare and check)."""
+    for name in (first, last):
+        if name is not None and name not in STEP_NAMES:
+            raise TrackingError(f"no step named {name!r}; the steps are {', '.join(STEP_NAMES)}")
     chosen = list(STEP_NAMES)
     if last is not None:
         needed = {*upstream_closure(last), last}

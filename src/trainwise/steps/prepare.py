@@ -241,10 +241,11 @@ def _prepare_images(
 def augmentation_preview(cfg: ProjectConfig, images: np.ndarray, position: pd.Series, splits: pd.DataFrame, stats: dict) -> Any:
     """One training batch exactly as the network sees it (augmented, normalised), denormalised to show."""
     train = splits[(splits["scope"] == FULL) & (splits["split"] == "train")]
-    train = train.sample(n=min(PREVIEW_SIZE, len(train)), random_state=cfg.train.seed)  # a shuffled batch, as in training
+    # seeded from split.seed, a setting prepare's key holds (train.seed is not in it: the preview would go stale)
+    train = train.sample(n=min(PREVIEW_SIZE, len(train)), random_state=cfg.split.seed)  # a shuffled batch, as in training
     batch = torch.from_numpy(np.ascontiguousarray(images[position[train["id"]].to_numpy()])).permute(0, 3, 1, 2)
     generator_state = torch.random.get_rng_state()
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.split.seed)
     seen = normalize(augment_batch(batch, build_augmentation(cfg.augment, cfg.image.size)), stats["mean"], stats["std"])
     torch.random.set_rng_state(generator_state)
     shown = denormalize(seen, stats["mean"], stats["std"]).permute(0, 2, 3, 1).numpy()

@@ -20,7 +20,7 @@ from trainwise.errors import TrackingError
 from trainwise.identity import key_of, key_parts, part_tags
 from trainwise.paths import trainwise_home
 from trainwise.provenance import short_hash
-from trainwise.steps import STEPS, get_step, upstream_closure
+from trainwise.steps import STEPS, get_step
 from trainwise.steps.staleness import TAG_REUSED, stale_reason
 from trainwise.tracking import (
     JOIN_RUN_ENV,
@@ -138,10 +138,8 @@ def execute(
             gate = cached.data.tags.get(TAG_PASSED)
             return StepOutcome(step, "reused", key, cached.info.run_id, url, passed=None if gate is None else gate == "true")
 
-    optional = set(spec.optional_upstream) | ({"check"} if skip_checks else set()) | ({"promote"} if options.get("model_uri") else set())
-    if rollback:  # moving aliases back needs no upstream results
-        optional |= set(spec.upstream)
-    upstream = _upstream_runs(tuple(u for u in spec.upstream if u not in optional), tracker, keys, cfg, step=step)
+    optional = optional_upstream(step, skip_checks=skip_checks, options=options)
+    upstream = _upstream_runs(tuple(u for u in spec.upstream if u not in optional), tracker, keys, cfg, step=step, skip_checks=skip_checks, options=options)
     for name in optional & set(spec.upstream):
         if (found := tracker.find_cached(name, run_key(name, cfg, tracker, keys))) is not None:
             upstream[name] = found.info.run_id
@@ -168,7 +166,38 @@ def execute(
     return StepOutcome(step, "ran", key, run.run_id, run.url, outputs, passed=outputs.get("passed"))
 
 
-def _upstream_runs(names: tuple[str, ...], tracker: Tracker, keys: Mapping[str, str], cfg: ProjectConfig, *, step: str = "") -> dict[str, str]:
+def optional_upstream(step: str, *, skip_checks: bool = False, options: Mapping[str, Any] | None = None) -> set[str]:
+    """The upstream steps `step` runs without, given its options: its declared optional ones, check when
+    checks are skipped, promote when a model is given (--model), every one for a rollback."""
+    spec, options = get_step(step), options or {}
+    optional = set(spec.optional_upstream) | ({"check"} if skip_checks else set()) | ({"promote"} if options.get("model_uri") else set())
+    if options.get("rollback"):  # moving aliases back needs no upstream results
+        optional |= set(spec.upstream)
+    return optional
+
+
+def needed_upstream(step: str, *, skip_checks: bool = False, options: Mapping[str, Any] | None = None) -> list[str]:
+    """Every step `step` cannot run without, directly or through others, in pipeline order."""
+    needed: set[str] = set()
+    pending = [u for u in get_step(step).upstream if u not in optional_upstream(step, skip_checks=skip_checks, options=options)]
+    while pending:
+        name = pending.pop()
+        if name not in needed:
+            needed.add(name)
+            pending += [u for u in get_step(name).upstream if u not in optional_upstream(name, skip_checks=skip_checks)]
+    return [spec.name for spec in STEPS if spec.name in needed]
+
+
+def _upstream_runs(
+    names: tuple[str, ...],
+    tracker: Tracker,
+    keys: Mapping[str, str],
+    cfg: ProjectConfig,
+    *,
+    step: str = "",
+    skip_checks: bool = False,
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
     found, missing = {}, []
     for name in names:
         run = tracker.find_cached(name, run_key(name, cfg, tracker, keys))
@@ -177,21 +206,33 @@ def _upstream_runs(names: tuple[str, ...], tracker: Tracker, keys: Mapping[str, 
         else:
             found[name] = run.info.run_id
     if missing:
-        raise TrackingError(missing_upstream_message(step, missing, cfg, tracker, keys))
+        raise TrackingError(missing_upstream_message(step, missing, cfg, tracker, keys, skip_checks=skip_checks, options=options))
     return found
 
 
-def stale_upstream(step: str, cfg: ProjectConfig, tracker: Tracker, keys: Mapping[str, str]) -> list[str]:
-    """The steps `step` needs (transitively, in pipeline order) that have no finished run for this config."""
-    return [name for name in upstream_closure(step) if tracker.find_cached(name, run_key(name, cfg, tracker, keys)) is None]
+def stale_upstream(
+    step: str, cfg: ProjectConfig, tracker: Tracker, keys: Mapping[str, str], *, skip_checks: bool = False, options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The steps `step` needs (`needed_upstream`) that have no finished run for this config."""
+    names = needed_upstream(step, skip_checks=skip_checks, options=options)
+    return [name for name in names if tracker.find_cached(name, run_key(name, cfg, tracker, keys)) is None]
 
 
-def missing_upstream_message(step: str, missing: list[str], cfg: ProjectConfig, tracker: Tracker, keys: Mapping[str, str]) -> str:
+def missing_upstream_message(
+    step: str,
+    missing: list[str],
+    cfg: ProjectConfig,
+    tracker: Tracker,
+    keys: Mapping[str, str],
+    *,
+    skip_checks: bool = False,
+    options: Mapping[str, Any] | None = None,
+) -> str:
     """Which upstream steps are missing or stale and why (the settings that changed), and the commands that run them."""
-    parts = cache_parts(cfg)
+    parts = cache_parts(cfg, skip_checks=skip_checks)
     reasons = "; ".join(f"{name}: {stale_reason(name, cfg, tracker, parts)}" for name in missing)
     project = cfg.project_ref
-    would_run = stale_upstream(step, cfg, tracker, keys) if step else missing
+    would_run = stale_upstream(step, cfg, tracker, keys, skip_checks=skip_checks, options=options) if step else missing
     target = f"`trainwise {step} --with-upstream --project {project}` or `trainwise run --to {step} --project {project}`" if step else (
         f"`trainwise run --project {project}`"
     )

@@ -478,10 +478,14 @@ def _test_and_log_model(
     if "test" in full.splits:
         finals = finals | {f"test_{k}": v for k, v in predict_split(trainer, full, full.splits["test"]).metrics.items()}
     run.log_metrics(finals)
-    baseline = fit_baseline(full, seed=cfg.train.seed)  # the study's best model beside the classical baseline
-    run.log_metrics(logged_metrics(baseline))
-    run.set_tags({"trainwise.baseline": against_network(baseline, finals, cfg.task.metric or "accuracy", maximize=cfg.task.direction == "maximize")})
     uri = serving.log_model(run.run_id, tracking_uri=run.tracking_uri, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
+    try:  # the study's best model beside the classical baseline; a failure costs a warning, not the model
+        baseline = fit_baseline(full, seed=cfg.train.seed)
+    except (ValueError, MemoryError) as exc:
+        log.warning("no baseline: %s: %s", type(exc).__name__, exc)
+    else:
+        run.log_metrics(logged_metrics(baseline))
+        run.set_tags({"trainwise.baseline": against_network(baseline, finals, cfg.task.metric or "accuracy", maximize=cfg.task.direction == "maximize")})
     return uri, finals
 
 
