@@ -21,11 +21,14 @@ from typing import Any
 import pandas as pd
 
 from trainwise.config import ProjectConfig, load_config
-from trainwise.errors import ChecksFailedError
+from trainwise.errors import ChecksFailedError, ConfigError
 from trainwise.paths import trainwise_home
 from trainwise.server import ensure_tracking_uri
 from trainwise.steps.runner import StepOutcome
 from trainwise.tracking import Tracker
+
+# The options some steps take beyond the shared ones (the CLI's --storage, --rollback and --model).
+STEP_OPTIONS: dict[str, set[str]] = {"tune": {"storage"}, "promote": {"rollback"}, "submit": {"model_uri"}}
 
 __all__ = ["Project", "StepOutcome", "artifact", "check_table", "open_project", "run_pipeline", "run_step"]
 
@@ -71,6 +74,10 @@ def run_step(
     steps it needs. A gating step whose checks fail raises ChecksFailedError after its run is logged."""
     from trainwise.steps.runner import cache_keys, execute, stale_upstream
 
+    unknown = sorted(set(options) - STEP_OPTIONS.get(step, set()))
+    if unknown:
+        takes = ", ".join(sorted(STEP_OPTIONS.get(step, set()))) or "none"
+        raise ConfigError(f"run_step({step!r}): unknown option {', '.join(unknown)}; its options: {takes}")
     cfg, tracker = project.cfg, project.tracker
     chosen = {k: v for k, v in options.items() if v not in ("", False, None)}
     if with_upstream:

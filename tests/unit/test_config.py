@@ -157,3 +157,12 @@ def test_own_module_reference_resolves_its_file(tmp_path: Path) -> None:
     assert cfg.model.name == f"{(folder / 'nets.py').resolve()}:Net"
     assert load_config(folder, ["model.name=torchvision:resnet18"]).model.name == "torchvision:resnet18"
     assert load_config(folder, ["model.name=mypkg.models:Net"]).model.name == "mypkg.models:Net"
+
+
+def test_a_table_project_refuses_flip_tta_when_loaded(tmp_path: Path) -> None:
+    (tmp_path / "project.yaml").write_text(
+        "name: t\ntask: {type: tabular_classification, target: target}\ndata: {source: {kind: tabular, sklearn: wine}}\n"
+        "model: {name: mlp}\nsubmission: {tta: flip}\n"
+    )
+    with pytest.raises(ConfigError, match=r"submission\.tta 'flip' mirrors images"):
+        load_config(tmp_path)

@@ -65,3 +65,12 @@ def test_run_to_takes_only_what_the_step_needs_and_from_starts_there() -> None:
     assert selected_steps() == ["understand", "ingest", "explore", "sample", "prepare", "check", "train", "tune", "promote", "submit"]
     with pytest.raises(TrackingError, match="no step lies between them"):
         selected_steps(first="train", last="check")
+
+
+def test_run_step_refuses_an_option_the_step_does_not_take() -> None:
+    from trainwise import api
+    from trainwise.errors import ConfigError
+
+    project = api.Project(load_config(WINE), tracker=None)  # type: ignore[arg-type]  # refused before any server is needed
+    with pytest.raises(ConfigError, match=r"run_step\('submit'\): unknown option model_url; its options: model_uri"):
+        api.run_step(project, "submit", model_url="models:/x/1")

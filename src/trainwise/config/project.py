@@ -53,6 +53,8 @@ class ProjectConfig(Section):
         kind = self.data.source.kind
         if self.task.is_image != (kind in IMAGE_SOURCE_KINDS):
             raise ValueError(f"data.source.kind {kind!r} does not fit task.type {self.task.type!r}")
+        if self.submission.tta == "flip" and not self.task.is_image:
+            raise ValueError(f"submission.tta 'flip' mirrors images; task.type {self.task.type!r} predicts table rows")
         if not self.task.is_classification:
             for key, default in (("class_weight", "none"), ("sampler", "shuffle")):
                 if getattr(self.train, key) != default:
