@@ -8,6 +8,7 @@ itself, the user's model code and weights, the skipped gate, and the code versio
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -81,17 +82,17 @@ def get_step(name: str) -> StepSpec:
     raise ConfigError(f"no step named {name!r}; the steps are {', '.join(STEP_NAMES)}")
 
 
-def upstream_closure(name: str) -> tuple[str, ...]:
+def upstream_closure(name: str, without: Callable[[str], Collection[str]] = lambda step: ()) -> tuple[str, ...]:
     """Every step `name` reads from, directly or through others, in pipeline order.
 
-    Optional upstream included (promote judges tune's challenger when there is one): what the
-    pipeline runs before `name`.
+    `without(step)`: upstream steps that `step` does without (none by default: optional upstream
+    included, as the pipeline runs it; promote judges tune's challenger when there is one).
     """
     needed: set[str] = set()
-    pending = list(get_step(name).upstream)
+    pending = [u for u in get_step(name).upstream if u not in without(name)]
     while pending:
         step = pending.pop()
         if step not in needed:
             needed.add(step)
-            pending += get_step(step).upstream
+            pending += [u for u in get_step(step).upstream if u not in without(step)]
     return tuple(s for s in STEP_NAMES if s in needed)

@@ -9,9 +9,9 @@ from trainwise.config import ProjectConfig
 from trainwise.errors import TrackingError
 from trainwise.identity import key_of
 from trainwise.steps import STEP_NAMES, STEPS, upstream_closure
-from trainwise.steps.runner import TAG_REUSED, StepOutcome, cache_keys, cache_parts, execute, run_key
-from trainwise.steps.staleness import stale_reason
-from trainwise.tracking import TAG_CACHE_KEY, TAG_CONFIG_HASH, TAG_DRY_RUN, TAG_STEP, Run, Tracker
+from trainwise.steps.runner import StepOutcome, cache_keys, cache_parts, execute, run_key
+from trainwise.steps.staleness import newest_real_run, stale_reason
+from trainwise.tracking import TAG_CACHE_KEY, TAG_CONFIG_HASH, TAG_DRY_RUN, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def project_status(cfg: ProjectConfig, tracker: Tracker) -> tuple[list[StepStatu
     for spec in STEPS:
         key = run_key(spec.name, cfg, tracker, keys)
         cached = tracker.find_cached(spec.name, key)
-        latest = _latest_real_run(tracker, spec.name)
+        latest = newest_real_run(tracker, spec.name, status=None)
         if cached is not None:
             status = StepStatus(spec.name, spec.number, "fresh", cached.info.run_id, tracker.url_of(cached), key)
         elif latest is not None:
@@ -116,11 +116,3 @@ def project_status(cfg: ProjectConfig, tracker: Tracker) -> tuple[list[StepStatu
             next_command = f"trainwise {spec.name} --project {cfg.project_ref}"
         statuses.append(status)
     return statuses, next_command
-
-
-def _latest_real_run(tracker: Tracker, step: str) -> Run | None:
-    """The newest run of `step` that holds results (not a pointer to a reused run)."""
-    for run in tracker.search({TAG_STEP: step}, max_results=20):
-        if TAG_REUSED not in run.data.tags:
-            return run
-    return None

@@ -20,7 +20,7 @@ from trainwise.errors import TrackingError
 from trainwise.identity import key_of, key_parts, part_tags
 from trainwise.paths import trainwise_home
 from trainwise.provenance import short_hash
-from trainwise.steps import STEPS, get_step
+from trainwise.steps import STEPS, get_step, upstream_closure
 from trainwise.steps.staleness import TAG_REUSED, stale_reason
 from trainwise.tracking import (
     JOIN_RUN_ENV,
@@ -178,14 +178,8 @@ def optional_upstream(step: str, *, skip_checks: bool = False, options: Mapping[
 
 def needed_upstream(step: str, *, skip_checks: bool = False, options: Mapping[str, Any] | None = None) -> list[str]:
     """Every step `step` cannot run without, directly or through others, in pipeline order."""
-    needed: set[str] = set()
-    pending = [u for u in get_step(step).upstream if u not in optional_upstream(step, skip_checks=skip_checks, options=options)]
-    while pending:
-        name = pending.pop()
-        if name not in needed:
-            needed.add(name)
-            pending += [u for u in get_step(name).upstream if u not in optional_upstream(name, skip_checks=skip_checks)]
-    return [spec.name for spec in STEPS if spec.name in needed]
+    without = lambda name: optional_upstream(name, skip_checks=skip_checks, options=options if name == step else None)  # noqa: E731
+    return list(upstream_closure(step, without))
 
 
 def _upstream_runs(

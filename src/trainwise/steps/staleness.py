@@ -27,9 +27,9 @@ _PART_WORDS = {
 }
 
 
-def newest_finished(tracker: Tracker, step: str) -> Run | None:
-    """The newest FINISHED run of `step` that holds results (not a pointer to a reused run)."""
-    for run in tracker.search({TAG_STEP: step}, status="FINISHED", max_results=20):
+def newest_real_run(tracker: Tracker, step: str, *, status: str | None = "FINISHED") -> Run | None:
+    """The newest run of `step` (in `status`; None: any) that holds results, not a pointer to a reused run."""
+    for run in tracker.search({TAG_STEP: step}, status=status, max_results=20):
         if TAG_REUSED not in run.data.tags:
             return run
     return None
@@ -40,7 +40,7 @@ def stale_reason(step: str, cfg: ProjectConfig, tracker: Tracker, parts: Mapping
 
     `parts` are every step's identity parts for the current config (runner.cache_parts).
     """
-    previous = newest_finished(tracker, step)
+    previous = newest_real_run(tracker, step)
     if previous is None:
         return "never run"
     tags = previous.data.tags
