@@ -90,6 +90,8 @@ def _score(model: object, x: np.ndarray, y: np.ndarray, data: PreparedData) -> d
 def comparison(network: float, baseline: float, metric: str, *, maximize: bool) -> str:
     """'beats the baseline by 0.031 accuracy (0.975 vs 0.944)', or 'falls short of ...', in the metric's direction."""
     gain = network - baseline if maximize else baseline - network
+    if gain == 0:
+        return f"ties with the baseline on {metric} ({network:.4g} vs {baseline:.4g})"
     verb = "beats" if gain > 0 else "falls short of"
     return f"{verb} the baseline by {abs(gain):.4g} {metric} ({network:.4g} vs {baseline:.4g})"
 

@@ -49,6 +49,7 @@ def test_regression_scores_are_in_the_targets_units() -> None:
 def test_the_sentence_follows_the_metrics_direction() -> None:
     assert comparison(0.975, 0.986, "accuracy", maximize=True) == "falls short of the baseline by 0.011 accuracy (0.975 vs 0.986)"
     assert comparison(0.108, 0.065, "log_loss", maximize=False).startswith("falls short of the baseline by 0.043")
+    assert comparison(0.9815, 0.9815, "accuracy", maximize=True) == "ties with the baseline on accuracy (0.9815 vs 0.9815)"
     assert comparison(0.05, 0.065, "log_loss", maximize=False).startswith("beats the baseline by 0.015")
     data = digits_data()
     result = fit_baseline(data)

@@ -33,7 +33,8 @@ def error_of(score: float, metric: str) -> float:
 
 
 def sample_vs_full(
-    sample: RunSummary, full: RunSummary, curve: Sequence[tuple[int, float]], *, metric: str, maximize: bool, init_tolerance: float
+    sample: RunSummary, full: RunSummary, curve: Sequence[tuple[int, float]], *, metric: str, maximize: bool, init_tolerance: float,
+    curve_note: str = "",
 ) -> list[CheckResult]:
     sign = 1.0 if maximize else -1.0
     init_gap = abs(sample.init_loss - full.init_loss) / max(abs(full.init_loss), 1e-12)
@@ -57,7 +58,7 @@ def sample_vs_full(
             "more data did not help: the model may be capacity-limited, or the full data noisier than the sample",
         ),
     ]  # fmt: skip
-    results.append(learning_curve_check(curve, (full.items, error_of(full.val_score, metric)), metric=metric))
+    results.append(learning_curve_check(curve, (full.items, error_of(full.val_score, metric)), metric=metric, note=curve_note))
     return results
 
 
@@ -73,11 +74,13 @@ def fit_power_law(points: Sequence[tuple[int, float]]) -> tuple[float, float, fl
     return math.exp(intercept), -slope, residual
 
 
-def learning_curve_check(points: Sequence[tuple[int, float]], full: tuple[int, float], *, metric: str) -> CheckResult:
+def learning_curve_check(points: Sequence[tuple[int, float]], full: tuple[int, float], *, metric: str, note: str = "") -> CheckResult:
+    """`note`: how the points were made (their cost, shares left out), appended to the row's meaning."""
     fitted = fit_power_law(points)
     name = "learning_curve_extrapolation"
+    suffix = f" ({note})" if note else ""
     if fitted is None:
-        return CheckResult(name, True, 0.0, 0.0, "skipped: fewer than two learning-curve points with a positive error", "")
+        return CheckResult(name, True, 0.0, 0.0, f"skipped: fewer than two learning-curve points with a positive error{suffix}", "")
     a, b, spread = fitted
     predicted = a * full[0] ** (-b)
     band = max(1.5, math.exp(2 * spread))  # x/÷ 1.5 at least: 3 small runs give a rough curve
@@ -87,7 +90,7 @@ def learning_curve_check(points: Sequence[tuple[int, float]], full: tuple[int, f
     return CheckResult(
         name, inside, ratio, band,
         f"full run's validation error over the power law's prediction ({full[1]:.4g} vs {predicted:.4g}, fit {a:.3g} n^-{b:.3g}); "
-        f"inside means within x/÷ {band:.2f}",
+        f"inside means within x/÷ {band:.2f}{suffix}",
         "far below: suspect leakage in the full data; far above: the full run trained worse than smaller ones (schedule, epochs)",
         figure,
     )  # fmt: skip

@@ -32,6 +32,7 @@ DRY_RUN_OVERRIDES: dict[str, Any] = {
     "tune.timeout": None,
     "tune.epochs": 1,
     "checks.learning_curve_fractions": [0.5],
+    "checks.learning_curve_budget": 1.0,  # one refit on half the data fits in one main training's compute
 }
 
 # --- loading ------------------------------------------------------------------------------------

@@ -235,6 +235,11 @@ class ChecksConfig(Section):
     learning_curve_fractions: list[float] = Field(
         [0.1, 0.25, 0.5], description="training-set shares trained after the full run for the learning curve; [] to skip"
     )
+    learning_curve_budget: float = Field(
+        0.25, ge=0,
+        description="the learning-curve refits' compute (items x epochs) as a share of the main training's at most; "
+        "a share that could exceed it running all train.epochs is left out, and all are when fewer than two fit",
+    )  # fmt: skip
 
     @field_validator("learning_curve_fractions")
     @classmethod

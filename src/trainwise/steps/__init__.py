@@ -55,7 +55,7 @@ SAMPLE_CHECKS = ("max_label_distance", "max_property_drift")
 PREPARE_CHECKS = ("max_leaked_duplicates", "max_near_copies_of_test", "min_class_items", "max_test_drift", "max_domain_auc", "max_property_label_auc")
 # The settings only training reads after its model is logged (the learning-curve refits), and those
 # the check's short fits replace with their own (checks.sample_epochs, no early stopping).
-AFTER_TRAINING = ("checks.learning_curve_fractions",)
+AFTER_TRAINING = ("checks.learning_curve_fractions", "checks.learning_curve_budget")
 CHECK_IGNORES = (*AFTER_TRAINING, *(f"checks.{n}" for n in (*SAMPLE_CHECKS, *PREPARE_CHECKS)), "train.epochs", "train.early_stopping_patience")
 
 STEPS: tuple[StepSpec, ...] = (
@@ -67,7 +67,7 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("prepare", "3", "split, normalise, augment, cache", ("split", "augment", "image", "task", "checks"), ("ingest", "sample"), ignores=_checks_except(*PREPARE_CHECKS)),
     StepSpec("check", "4", "pipeline checks on the sample", ("model", "train", "checks", "task"), ("ingest", "sample", "prepare"), ignores=CHECK_IGNORES),
     StepSpec("train", "5", "train on the full data", ("model", "train", "checks", "task", "augment", "image"), ("ingest", "sample", "prepare", "check")),
-    StepSpec("tune", "6", "Optuna tuning", ("tune", "model", "train", "registry", "augment", "task", "checks"), ("ingest", "prepare", "check")),
+    StepSpec("tune", "6", "Optuna tuning", ("tune", "model", "train", "registry", "augment", "task", "checks"), ("ingest", "prepare", "check"), ignores=AFTER_TRAINING),
     StepSpec("promote", "6b", "challenger vs champion", ("registry", "task"), ("ingest", "prepare", "tune"), reads_registry=("challenger",), optional_upstream=("tune",)),
     StepSpec("submit", "7", "make a submission file", ("submission", "registry", "task"), ("ingest", "prepare", "promote"), reads_registry=("champion",)),
 )

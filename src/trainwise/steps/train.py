@@ -8,6 +8,8 @@ is logged as a pyfunc that predicts from raw inputs (see serving.py).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,10 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         cfg, full, ctx.tracker, callbacks=[TrackingCallback(run), CheckpointCallback(checkpoint_dir(run.run_id))], progress="train"
     )
     resume = load_checkpoint(checkpoint_dir(ctx.resume_from) / "last.pt") if ctx.resume_from else None
+    started = time.perf_counter()
     with _keep_checkpoint_on_interrupt(run, trainer), run.system_metrics():
         result = trainer.fit(full.splits["train"], full.splits.get("val"), resume=resume)
+    seconds = time.perf_counter() - started
     trainer.model.load_state_dict(result.best_state)  # evaluate the best epoch, not the last
 
     metric = cfg.task.metric or "accuracy"
@@ -76,7 +80,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     uri = serving.log_model(run.run_id, tracking_uri=run.tracking_uri, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
     run.set_tags({TAG_MODEL: uri})
     versus = _baseline(cfg, run, full, finals)
-    comparison = _sample_vs_full(cfg, ctx, full, trainer, result)
+    comparison = _sample_vs_full(cfg, run, ctx, full, result, seconds=seconds)
     run.log_dict({"checks": [r.to_dict() for r in comparison]}, "sample_vs_full.json")
     run.log_metrics({f"check.{r.name}": float(r.passed) for r in comparison} | {f"check_value.{r.name}": r.value for r in comparison})
     run.set_tags({"trainwise.sample_vs_full": summary(comparison)})
@@ -116,21 +120,14 @@ def _keep_checkpoint_on_interrupt(run: StepRun, trainer: Trainer) -> Any:
         raise
 
 
-def _sample_vs_full(cfg: ProjectConfig, ctx: StepContext, full: PreparedData, trainer: Trainer, result: FitResult) -> list:
+def _sample_vs_full(cfg: ProjectConfig, run: StepRun, ctx: StepContext, full: PreparedData, result: FitResult, *, seconds: float) -> list:
     metric = cfg.task.metric or "accuracy"
     sample = load_prepared_data(cfg, ctx, "sample")
     sample_trainer = make_trainer(cfg, sample, ctx.tracker, callbacks=[], progress="sample-vs-full: the sample")
     sample_init = _init_loss(sample_trainer, sample)
     sample_result = sample_trainer.fit(sample.splits["train"], sample.splits.get("val"))
     full_init = _init_loss(make_trainer(cfg, full, ctx.tracker, callbacks=[]), full)
-    curve = []
-    train = full.splits["train"]
-    for fraction in cfg.checks.learning_curve_fractions:
-        chosen, _ = stratified_sample(pd.Series(train.y.numpy().astype(str)), size=None, fraction=fraction, seed=cfg.sample.seed)
-        index = torch.tensor(chosen.to_numpy(), dtype=torch.long)
-        refit = make_trainer(cfg, full, ctx.tracker, callbacks=[], progress=f"learning curve {fraction:.0%}")
-        fitted = refit.fit(TensorData(train.x[index], train.y[index]), full.splits.get("val"))
-        curve.append((len(index), error_of(fitted.best_value, metric)))
+    curve, note = _learning_curve(cfg, run, ctx, full, result, seconds=seconds)
     return sample_vs_full(
         _summary(sample_result, sample, sample_init, metric),
         _summary(result, full, full_init, metric),
@@ -138,7 +135,57 @@ def _sample_vs_full(cfg: ProjectConfig, ctx: StepContext, full: PreparedData, tr
         metric=metric,
         maximize=cfg.task.direction == "maximize",
         init_tolerance=cfg.checks.init_loss_tolerance,
+        curve_note=note,
     )
+
+
+def _learning_curve(cfg: ProjectConfig, run: StepRun, ctx: StepContext, full: PreparedData, result: FitResult, *, seconds: float) -> tuple[list[tuple[int, float]], str]:
+    """Refits on shares of the training split, within `checks.learning_curve_budget` of the main run's compute.
+
+    Compute is counted in item passes per epoch: each training item once, each validation item a
+    third (a forward pass is about a third of forward and backward). A share runs only when the
+    refits stay within the budget even if it runs all `train.epochs`, so no refit is cut short (a
+    point trained shorter than its settings say would bend the curve) and none is wasted.
+    """
+    metric = cfg.task.metric or "accuracy"
+    train, val = full.splits["train"], full.splits.get("val")
+    evaluated = (len(val) if val is not None else 0) / 3
+    main_cost = (len(train) + evaluated) * len(result.history)
+    limit = cfg.checks.learning_curve_budget * main_cost
+    plan, left_out, planned, requested = [], [], 0.0, 0.0
+    for fraction in cfg.checks.learning_curve_fractions:
+        chosen, _ = stratified_sample(pd.Series(train.y.numpy().astype(str)), size=None, fraction=fraction, seed=cfg.sample.seed)
+        index = torch.tensor(chosen.to_numpy(), dtype=torch.long)
+        at_most = (len(index) + evaluated) * cfg.train.epochs
+        requested += at_most
+        if planned + at_most > limit:
+            left_out.append(fraction)
+        else:
+            plan.append((fraction, index))
+            planned += at_most
+    if len(plan) < 2 <= len(cfg.checks.learning_curve_fractions):  # one point fits no curve: spend nothing on it
+        left_out, plan = [f for f, _ in plan] + left_out, []
+    curve: list[tuple[int, float]] = []
+    spent = 0.0
+    started = time.perf_counter()
+    for fraction, index in plan:
+        refit = make_trainer(cfg, full, ctx.tracker, callbacks=[], progress=f"learning curve {fraction:.0%}")
+        fitted = refit.fit(TensorData(train.x[index], train.y[index]), val)
+        spent += (len(index) + evaluated) * len(fitted.history)
+        curve.append((len(index), error_of(fitted.best_value, metric)))
+    share, took = spent / main_cost, time.perf_counter() - started
+    run.log_metrics({"learning_curve.points": len(curve), "learning_curve.compute_share": share, "learning_curve.time_share": took / max(seconds, 1e-9)})
+    budget = f"checks.learning_curve_budget={cfg.checks.learning_curve_budget:g}"
+    ran = f"{len(curve)} refit{'' if len(curve) == 1 else 's'} took {share:.0%} of the main training's compute ({budget})" if curve else f"no refits ({budget})"
+    note = ran
+    if left_out:
+        # what all the shares could need: the user's way to opt in
+        need = math.ceil(100 * requested / main_cost) / 100
+        note += f"; shares {', '.join(f'{f:g}' for f in left_out)} left out to stay within it (all of them need up to checks.learning_curve_budget={need:g})"
+        log.warning("learning curve: %s", note)
+    else:
+        log.info("learning curve: %s, %.0f s", note, took)
+    return curve, note
 
 
 def _init_loss(trainer: Trainer, data: PreparedData) -> float:
