@@ -235,3 +235,48 @@ def test_table_with_problems(tracking_server: str, unique_name: str, tmp_path: P
 
 def latest_run(server: str, experiment: str, step: str) -> Run:
     return step_runs(server, experiment, step)[0]
+
+
+@pytest.mark.slow
+def test_the_users_own_validation_and_test_folders(tracking_server: str, unique_name: str, tmp_path: Path) -> None:
+    """train/ val/ test/ of real digits: the folders are the splits, and leakage into them is still found."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = tmp_path / "data"
+    where = {}
+    for n, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        folder = "val" if n % 6 == 1 else "test" if n % 6 == 2 else "train"
+        target = root / folder / str(label) / f"d{n}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((pixels * 16).clip(0, 255).astype(np.uint8)).save(target)
+        where[f"d{n}"] = folder
+    # planted in train/: an exact copy of a validation image, and darker copies of a test and a validation image
+    shutil.copy(root / "val" / str(digits.target[1]) / "d1.png", root / "train" / str(digits.target[1]) / "copy_of_val.png")
+    for n, folder in ((2, "test"), (7, "val")):  # a darker copy: a near copy, not the same bytes
+        image = np.asarray(Image.open(root / folder / str(digits.target[n]) / f"d{n}.png"), dtype=np.float64)
+        Image.fromarray((image * 0.9).astype(np.uint8)).save(root / "train" / str(digits.target[n]) / f"near_copy_of_{folder}.png")
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "project.yaml").write_text(
+        f"name: {unique_name}\ntask: {{type: image_classification}}\n"
+        f"data: {{source: {{kind: image_folder, root: {root / 'train'}, val: {root / 'val'}, test: {root / 'test'}}}}}\n"
+        "image: {size: 8, channels: 1}\nsample: {size: 200}\nsplit: {val: 0.3, test: 0.3}\n"
+    )
+    for step in ("ingest", "sample", "prepare"):
+        invoke(step, "--project", str(project))
+    prepare = latest_run(tracking_server, unique_name, "prepare")
+    splits = pd.read_parquet(artifact(tracking_server, prepare, "splits.parquet", tmp_path))
+    full = splits[splits["scope"] == "full"].assign(name=lambda f: f["id"].str.rsplit("/", n=1).str[-1])
+    expected = full["name"].map(where).fillna("train")  # the planted copies live in train/
+    assert (full["split"] == expected).all(), "the folders are the splits: split.val and split.test are not used"
+    assert prepare.data.metrics["items.full.val"] == 300 and prepare.data.metrics["items.full.test"] == 300
+    sample = splits[splits["scope"] == "sample"]
+    assert set(sample["id"]) <= set(full.loc[full["split"] == "train", "id"])  # the sample is drawn from train/ only
+    # leakage between the user's folders is reported, not hidden
+    assert prepare.data.metrics["leaked.exact_copies_across_splits_full"] >= 1
+    assert prepare.data.metrics["leaked.duplicate_groups_across_splits_full"] == 0  # the groups trainwise split itself
+    assert prepare.data.metrics["leaked.near_copies_of_provided_val"] >= 1 / 300  # judged as a share, like the test folder's
+    assert prepare.data.metrics["leaked.near_copies_of_provided_test"] > 0
+    ingest = latest_run(tracking_server, unique_name, "ingest")
+    assert ingest.data.metrics["val_items"] == 300 and ingest.data.metrics["test_items"] == 300

@@ -12,7 +12,7 @@ from PIL import Image
 
 from trainwise.config import load_config
 from trainwise.data.images import MISSING, NOT_AN_IMAGE
-from trainwise.data.records import TEST, TRAIN, list_images, read_idx
+from trainwise.data.records import TEST, TRAIN, VAL, list_images, read_idx
 from trainwise.errors import DataError
 
 
@@ -126,3 +126,38 @@ def test_truncated_idx_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "cut").write_bytes(data[:-3])
     with pytest.raises(DataError, match="cut is truncated"):
         read_idx(tmp_path / "cut")
+
+
+def test_train_val_test_folders_give_the_usual_layout(tmp_path: Path) -> None:
+    images(tmp_path / "data" / "train" / "cat", ["1.png", "2.png"])
+    images(tmp_path / "data" / "train" / "dog", ["1.png"])
+    images(tmp_path / "data" / "val" / "cat", ["1.png"])
+    images(tmp_path / "data" / "val" / "dog", ["9.png"])
+    images(tmp_path / "data" / "test" / "dog", ["t1.png"])
+    root = tmp_path / "data"
+    source = f"{{kind: image_folder, root: {root / 'train'}, val: {root / 'val'}, test: {root / 'test'}}}"
+    listing = list_images(load_config(project(tmp_path, source)))
+    assert listing.root == root and listing.test_labelled
+    by_split = {split: {(r.id, r.label) for r in listing.records if r.split == split} for split in (TRAIN, VAL, TEST)}
+    # the same file name in train and val are two items with two ids
+    assert by_split[TRAIN] == {("train/cat/1", "cat"), ("train/cat/2", "cat"), ("train/dog/1", "dog")}
+    assert by_split[VAL] == {("val/cat/1", "cat"), ("val/dog/9", "dog")}
+    assert by_split[TEST] == {("t1", "dog")}
+
+
+def test_a_class_only_in_the_validation_folder_is_an_error(tmp_path: Path) -> None:
+    images(tmp_path / "train" / "cat", ["1.png"])
+    images(tmp_path / "train" / "dog", ["1.png"])
+    images(tmp_path / "val" / "bird", ["1.png"])
+    source = f"{{kind: image_folder, root: {tmp_path / 'train'}, val: {tmp_path / 'val'}}}"
+    with pytest.raises(DataError, match="classes present only in the validation folder: bird"):
+        list_images(load_config(project(tmp_path, source)))
+
+
+def test_a_validation_folder_inside_the_training_folder_is_an_error(tmp_path: Path) -> None:
+    images(tmp_path / "train" / "cat", ["1.png"])
+    images(tmp_path / "train" / "dog", ["1.png"])
+    images(tmp_path / "train" / "val" / "cat", ["1.png"])
+    source = f"{{kind: image_folder, root: {tmp_path / 'train'}, val: {tmp_path / 'train' / 'val'}}}"
+    with pytest.raises(DataError, match=r"data.source.val .* lies inside data.source.root"):
+        list_images(load_config(project(tmp_path, source)))

@@ -7,7 +7,10 @@ import pandas as pd
 import pytest
 
 from trainwise.checks.representativeness import total_variation
+from trainwise.config import SplitConfig
+from trainwise.data.records import VAL
 from trainwise.data.sampling import MIN_PER_CLASS, group_split, strata, stratified_sample
+from trainwise.data.splitting import full_splits
 from trainwise.data.table_quality import table_findings
 
 
@@ -105,3 +108,17 @@ def test_duplicate_rows_are_found_under_different_ids() -> None:
 def test_regression_target_must_be_numeric() -> None:
     frame = pd.DataFrame({"x": range(30), "y": ["high", "low"] * 15})
     assert ("non_numeric_target", "y") in {(f.check, f.column) for f in table_findings(frame, "y", classification=False)}
+
+
+@pytest.mark.parametrize("test_provided", [False, True])
+def test_a_provided_validation_folder_is_the_validation_split(test_provided: bool) -> None:
+    rng = np.random.default_rng(0)
+    pool = pd.DataFrame({"id": [f"i{n}" for n in range(300)], "label": rng.choice(["a", "b", "c"], 300)})
+    given = pd.Series([VAL if n < 60 else None for n in range(300)], index=pool.index)
+    split = SplitConfig(val=0.2, test=0.2, seed=3)
+    assigned = full_splits(pool, "label", split, classification=True, is_image=False, test_provided=test_provided, given=given)
+    # exactly the folder's items are validation items: none drawn from the training folder by split.val
+    assert (assigned == "val").tolist() == given.notna().tolist()
+    held_out = int((assigned == "test").sum())
+    assert held_out == (0 if test_provided else pytest.approx(0.2 * 240, abs=3))  # split.test: a share of the training folder
+    assert set(assigned) == ({"train", "val"} if test_provided else {"train", "val", "test"})

@@ -212,7 +212,7 @@ class ChecksConfig(Section):
     max_property_drift: float = Field(0.2, ge=0, le=1, description="KS statistic, sample vs full image properties")
     max_leaked_duplicates: int = Field(0, ge=0, description="duplicates allowed across splits")
     max_near_copies_of_test: float = Field(
-        0.01, ge=0, le=1, description="share of the provided test images with a near copy among the labelled items"
+        0.01, ge=0, le=1, description="share of the provided test images (or validation folder's) with a near copy among the labelled (training) items"
     )
     max_label_issue_share: float = Field(
         0.25, ge=0, le=1, description="estimated share of mislabelled items in the sample (confident learning)"

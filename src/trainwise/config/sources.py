@@ -40,14 +40,19 @@ class DigitsSource(Section):
 
 
 class ImageFolderSource(Section):
-    """`root/<class>/*.png|jpg|...`, with an optional unlabelled `test/*` folder."""
+    """`root/<class>/*.png|jpg|...`, with an optional validation folder and test folder (the usual train/ val/ test/ layout)."""
 
     kind: Literal["image_folder"]
     root: Path = Field(description="folder with one sub-folder of images per class")
-    test: Path | None = Field(None, description="folder of unlabelled test images")
+    val: Path | None = Field(
+        None, description="folder of labelled validation images (<class>/*), used as the validation split instead of split.val"
+    )
+    test: Path | None = Field(
+        None, description="folder of test images: unlabelled (*) to predict for the submission, or labelled (<class>/*) as the test split"
+    )
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
 
-    @field_validator("root", "test")
+    @field_validator("root", "val", "test")
     @classmethod
     def _exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return resolve_path(value, info)

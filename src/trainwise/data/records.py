@@ -31,7 +31,8 @@ from trainwise.paths import data_cache_dir
 
 log = logging.getLogger(__name__)
 
-TRAIN, TEST = "train", "test"
+TRAIN, VAL, TEST = "train", "val", "test"
+POOL = (TRAIN, VAL)  # the labelled items the splits are made of; VAL: the user's own validation folder
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ImageRecord:
     path: Path
     relpath: str  # relative to the listing's root: the manifest's `path` column
     label: str | None  # None: an unlabelled test item
-    split: str  # TRAIN (the labelled pool) or TEST (the provided test set)
+    split: str  # TRAIN (the labelled pool), VAL (the provided validation set, also in the pool) or TEST (the provided test set)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class ImageListing:
 
     @property
     def classes(self) -> list[str]:
-        return sorted({r.label for r in self.records if r.split == TRAIN and r.label is not None})
+        return sorted({r.label for r in self.records if r.split in POOL and r.label is not None})
 
 
 def list_images(cfg: ProjectConfig) -> ImageListing:
@@ -63,8 +64,15 @@ def list_images(cfg: ProjectConfig) -> ImageListing:
         materialize_digits(source.root, test_fraction=source.test_fraction, seed=source.seed)
         listing = _list_folder(source.train_dir, source.test_dir, (".png",), root=source.root)
     elif isinstance(source, ImageFolderSource):
-        root = source.root if source.test is None else _common_root(source.root, source.test)
-        listing = _list_folder(source.root, source.test, source.extensions, root=root)
+        inside = [f"data.source.{name} ({folder})" for name, folder in (("val", source.val), ("test", source.test))
+                  if folder is not None and folder.is_relative_to(source.root)]  # fmt: skip
+        if inside:
+            raise DataError(
+                f"{' and '.join(inside)} lies inside data.source.root ({source.root}), so it would be read as a class too; "
+                "put train, val and test side by side (data/train, data/val, data/test)"
+            )
+        root = _common_root(source.root, *(folder for folder in (source.val, source.test) if folder is not None))
+        listing = _list_folder(source.root, source.test, source.extensions, root=root, val_dir=source.val)
     elif isinstance(source, ImageCsvSource):
         listing = _list_csv(source)
     elif isinstance(source, TorchvisionSource):
@@ -78,9 +86,25 @@ def list_images(cfg: ProjectConfig) -> ImageListing:
 # -- folders ----------------------------------------------------------------------------------------
 
 
-def _list_folder(train_dir: Path, test_dir: Path | None, extensions: tuple[str, ...], *, root: Path) -> ImageListing:
+def _list_folder(train_dir: Path, test_dir: Path | None, extensions: tuple[str, ...], *, root: Path, val_dir: Path | None = None) -> ImageListing:
     exts = {e.lower() for e in extensions}
     listing = ImageListing(root, [])
+    _list_classes(listing, train_dir, exts, split=TRAIN)
+    if val_dir is not None:
+        _list_classes(listing, val_dir, exts, split=VAL)
+    if test_dir is not None and test_dir.is_dir():
+        test_classes = [p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        listing.test_labelled = bool(test_classes)
+        for path in sorted(test_dir.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                label = path.parent.name if listing.test_labelled and path.parent != test_dir else None
+                _add(listing, path, root, exts, label=label, split=TEST)
+    return listing
+
+
+def _list_classes(listing: ImageListing, folder: Path, exts: set[str], *, split: str) -> None:
+    """One flat sub-folder of images per class (the training folder, or a provided validation folder)."""
+    train_dir, root = folder, listing.root
     class_dirs = sorted(p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{train_dir} has no class folders; expected one folder of images per class ({train_dir}/<class>/*.png)")
@@ -97,17 +121,9 @@ def _list_folder(train_dir: Path, test_dir: Path | None, extensions: tuple[str, 
         if not files:
             empty.append(class_dir.name)
         for path in files:
-            _add(listing, path, root, exts, label=class_dir.name, split=TRAIN)
+            _add(listing, path, root, exts, label=class_dir.name, split=split)
     if empty:
         raise DataError(f"empty class folders in {train_dir}: {', '.join(empty)}. Add images or remove the folders.")
-    if test_dir is not None and test_dir.is_dir():
-        test_classes = [p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        listing.test_labelled = bool(test_classes)
-        for path in sorted(test_dir.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                label = path.parent.name if listing.test_labelled and path.parent != test_dir else None
-                _add(listing, path, root, exts, label=label, split=TEST)
-    return listing
 
 
 def _add(listing: ImageListing, path: Path, root: Path, exts: set[str], *, label: str | None, split: str) -> None:
@@ -119,9 +135,14 @@ def _add(listing: ImageListing, path: Path, root: Path, exts: set[str], *, label
     listing.records.append(ImageRecord(record_id, path, relpath, label, split))
 
 
-def _common_root(a: Path, b: Path) -> Path:
-    common = Path(*[x for x, y in zip(a.parts, b.parts, strict=False) if x == y] or ["/"])
-    return common
+def _common_root(first: Path, *others: Path) -> Path:
+    """The deepest folder holding all of them (the first itself when alone)."""
+    parts: list[str] = []
+    for position, part in enumerate(first.parts):
+        if any(len(other.parts) <= position or other.parts[position] != part for other in others):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path("/")
 
 
 # -- CSV listings -----------------------------------------------------------------------------------
@@ -170,6 +191,13 @@ def _check_classes(listing: ImageListing, cfg: ProjectConfig) -> None:
         raise DataError(
             f"only one class ({next(iter(train_classes))!r}) in {listing.root}: a classifier needs at least two. "
             "Check the folder layout (one folder per class) or the label column."
+        )
+    train_only = {r.label for r in listing.records if r.split == TRAIN}
+    val_only = sorted({r.label for r in listing.records if r.split == VAL} - train_only)
+    if val_only:
+        raise DataError(
+            f"classes present only in the validation folder: {', '.join(val_only)}; the model could never learn them. "
+            "Add their images to the training folder, or remove them from the validation folder"
         )
     test_only = sorted({r.label for r in listing.records if r.split == TEST and r.label is not None} - train_classes)
     if test_only:

@@ -95,7 +95,11 @@ def peek(cfg: ProjectConfig) -> Peek:
         result.notes.append(f"test answers kept apart in {source.train_dir.parent / 'answers.csv'} for scoring submissions")
         return result
     if isinstance(source, ImageFolderSource):
-        return _peek_image_folder(source.root, source.test, kind="image_folder", extensions=source.extensions)
+        result = _peek_image_folder(source.root, source.test, kind="image_folder", extensions=source.extensions)
+        if source.val is not None:
+            n_val = _count_images(source.val, {e.lower() for e in source.extensions})
+            result.notes.append(f"validation folder {source.val}: {n_val} images, the validation split (split.val is not used)")
+        return result
     if isinstance(source, ImageCsvSource):
         return _peek_image_csv(source)
     if isinstance(source, TorchvisionSource):
@@ -125,7 +129,7 @@ def _source_paths(source: Any) -> list[tuple[str, Path]]:
         assert source.root is not None
         return [("root", source.root)]
     if isinstance(source, ImageFolderSource):
-        return [("root", source.root)] + ([("test", source.test)] if source.test else [])
+        return [("root", source.root)] + [(name, folder) for name, folder in (("val", source.val), ("test", source.test)) if folder]
     if isinstance(source, ImageCsvSource):
         return [("csv", source.csv), ("images", source.images)] + ([("test_csv", source.test_csv)] if source.test_csv else [])
     if isinstance(source, TorchvisionSource):

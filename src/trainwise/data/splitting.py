@@ -34,13 +34,26 @@ def duplicate_groups(pool: pd.DataFrame, label: str, *, is_image: bool, enabled:
 
 
 def full_splits(
-    pool: pd.DataFrame, label: str, split: SplitConfig, *, classification: bool, is_image: bool, test_provided: bool
+    pool: pd.DataFrame, label: str, split: SplitConfig, *, classification: bool, is_image: bool, test_provided: bool,
+    given: pd.Series | None = None,
 ) -> pd.Series:
     """train/val/test for every labelled pool item (indexed like `pool`).
 
     A provided labelled test set stays the test set (`test_provided`); otherwise part of the pool is held out.
+    `given` (indexed like `pool`): "val" for the items of a provided validation folder, which stay the
+    validation split (split.val is then not used), NaN for the rest, which are split as usual. A
+    duplicate group that spans the two folders is left as the user made it, and counted by prepare's
+    leakage rows.
     """
     groups = duplicate_groups(pool, label, is_image=is_image, enabled=split.group_duplicates)
     kinds = strata(pool[label], classification=classification)
-    fractions = {"val": split.val} if test_provided or not split.test else {"test": split.test, "val": split.val}
-    return group_split(kinds, groups, fractions, seed=split.seed)
+    fixed = given.notna() if given is not None else pd.Series(False, index=pool.index)
+    fractions = {} if test_provided or not split.test else {"test": split.test}
+    if not fixed.any():
+        fractions["val"] = split.val
+    assigned = pd.Series("train", index=pool.index, name="split")
+    assigned[fixed] = given[fixed] if given is not None else "train"
+    rest = ~fixed
+    if rest.any():
+        assigned[rest] = group_split(kinds[rest], groups[rest], fractions, seed=split.seed)
+    return assigned

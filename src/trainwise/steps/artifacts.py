@@ -9,6 +9,7 @@ TABLE = "table.parquet"  # tables: the training rows as read
 TEST_TABLE = "test_table.parquet"  # tables: the provided test rows, if any
 QUARANTINE = "quarantine.csv"  # every unusable file with its reason
 DUPLICATES = "duplicates.csv"  # one row per exact/near duplicate group
+LEAKED_GROUPS = "leaked_groups.csv"  # prepare: every item of a duplicate group that spans splits, with its split
 QUALITY = "quality_report.json"  # counts, findings, thresholds
 
 # sample -> prepare, check

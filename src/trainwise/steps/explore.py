@@ -20,7 +20,7 @@ from trainwise import plots
 from trainwise.config import ProjectConfig
 from trainwise.data.images import ImageProblem, read_image, resize
 from trainwise.data.manifest import OK, QUARANTINED
-from trainwise.data.records import TRAIN, list_images
+from trainwise.data.records import POOL, list_images
 from trainwise.datacard import CardSection, render_html
 from trainwise.steps import artifacts
 from trainwise.steps.inputs import load_ingested
@@ -65,7 +65,7 @@ def _explore_images(cfg: ProjectConfig, ctx: StepContext) -> list[CardSection]:
     manifest = pd.read_parquet(ctx.upstream_artifact("ingest", artifacts.MANIFEST))
     duplicates = pd.read_csv(ctx.upstream_artifact("ingest", artifacts.DUPLICATES), dtype=str).fillna("")
     usable = manifest[manifest["status"] == OK]
-    train = usable[usable["split"] == TRAIN]
+    train = usable[usable["split"].isin(POOL)]  # the labelled items, a provided validation folder's too
     bad = manifest[manifest["status"] == QUARANTINED]
     root = list_images(cfg).root
     rng = np.random.default_rng(cfg.sample.seed)

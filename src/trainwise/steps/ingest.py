@@ -14,7 +14,7 @@ import pandas as pd
 
 from trainwise.config import ProjectConfig, TabularSource
 from trainwise.data.manifest import OK, QUARANTINED, add_duplicate_groups, data_digest, decoder_tag, duplicate_report, scan_images
-from trainwise.data.records import TRAIN, list_images
+from trainwise.data.records import POOL, TRAIN, VAL, list_images
 from trainwise.data.table_quality import ERROR, WARNING, Finding, table_findings
 from trainwise.data.tables import load_source_table, read_table, table_digest
 from trainwise.errors import DataError
@@ -77,7 +77,7 @@ def _ingest_images(cfg: ProjectConfig, run: StepRun) -> dict[str, Any]:
             f"{cfg.data.max_bad_fraction:.1%}. First: {first}. Every one is listed with its reason in quarantine.csv of "
             f"run {run.url}. Fix or remove them, or raise data.max_bad_fraction."
         )
-    emptied = sorted(set(listing.classes) - set(usable.loc[usable["split"] == TRAIN, "label"]))
+    emptied = sorted(set(listing.classes) - set(usable.loc[usable["split"].isin(POOL), "label"]))
     if emptied:
         raise DataError(f"every image of class {', '.join(emptied)} was quarantined; see quarantine.csv of run {run.url}")
     log.info("%s: %d usable images, %d quarantined, digest %s", cfg.name, len(usable), len(bad), digest)
@@ -86,15 +86,16 @@ def _ingest_images(cfg: ProjectConfig, run: StepRun) -> dict[str, Any]:
 
 def _image_report(manifest: pd.DataFrame, duplicates: pd.DataFrame, cfg: ProjectConfig) -> dict[str, Any]:
     usable = manifest[manifest["status"] == OK]
-    train = usable[usable["split"] == TRAIN]
+    train = usable[usable["split"].isin(POOL)]
     bad = manifest[manifest["status"] == QUARANTINED]
     counts = {
         "files": len(manifest),
         "usable": len(usable),
         "quarantined": len(bad),
         "bad_fraction": len(bad) / max(len(manifest), 1),
-        "train_items": len(train),
-        "test_items": int((usable["split"] != TRAIN).sum()),
+        "train_items": int((usable["split"] == TRAIN).sum()),
+        "val_items": int((usable["split"] == VAL).sum()),  # a provided validation folder
+        "test_items": int((~usable["split"].isin(POOL)).sum()),
         "exact_duplicate_groups": int((duplicates["kind"] == "exact").sum()),
         "near_duplicate_groups": int((duplicates["kind"] == "near").sum()),
         "conflicting_label_groups": int(duplicates["conflicting_labels"].sum()),

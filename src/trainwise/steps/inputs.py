@@ -17,7 +17,7 @@ import pandas as pd
 from trainwise.config import ProjectConfig, TabularSource
 from trainwise.data.cache import DecodedCache, build_cache, find_cache
 from trainwise.data.manifest import OK
-from trainwise.data.records import TEST, TRAIN, list_images
+from trainwise.data.records import POOL, TEST, VAL, list_images
 from trainwise.data.tables import with_ids
 from trainwise.errors import ChecksFailedError, ConfigError, DataError
 from trainwise.paths import trainwise_home
@@ -46,18 +46,20 @@ class IngestedData:
     label: str  # the column holding the label or target
     properties: list[str]  # numeric columns compared between sample and full
     test_labelled: bool
+    given_split: pd.Series | None = None  # per pool item: "val" where the source fixed it (a validation folder), else NaN
 
 
 def load_ingested(cfg: ProjectConfig, ctx: StepContext) -> IngestedData:
     if cfg.task.is_image:
         manifest = pd.read_parquet(ctx.upstream_artifact("ingest", artifacts.MANIFEST))
         usable = manifest[manifest["status"] == OK]
-        pool = usable[usable["split"] == TRAIN].reset_index(drop=True)
+        pool = usable[usable["split"].isin(POOL)].reset_index(drop=True)
         test = usable[usable["split"] == TEST].reset_index(drop=True)
         labelled = bool(len(test)) and test["label"].notna().all()
         # For grey images the one channel's mean is the brightness: compare it once.
         properties = IMAGE_PROPERTIES if cfg.image.channels == 3 else IMAGE_PROPERTIES[:4]
-        return IngestedData(pool, test if len(test) else None, "label", properties, labelled)
+        given = pool["split"].where(pool["split"] == VAL) if (pool["split"] == VAL).any() else None
+        return IngestedData(pool, test if len(test) else None, "label", properties, labelled, given)
 
     target = cfg.task.target
     table, test = _tables(cfg, ctx)

@@ -53,6 +53,9 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     run.log_frame(counts, "split_counts.csv")
     run.log_metrics({f"items.{r.scope}.{r.split}": r.items for r in counts.itertuples()})
     run.log_dict({"checks": [r.to_dict() for r in leaks]}, "leakage.json")
+    spanning = leaked_groups(data, splits) if cfg.task.is_image else None
+    if spanning is not None and len(spanning):
+        run.log_frame(spanning, artifacts.LEAKED_GROUPS)
     run.log_metrics({f"check.{r.name}": float(r.passed) for r in leaks} | {f"leaked.{r.name}": r.value for r in leaks})
     sizes = [class_size_check(splits, min_items=cfg.checks.min_class_items)] if cfg.task.is_classification else []
     run.log_dict({"checks": [r.to_dict() for r in sizes]}, artifacts.CLASS_SIZES)
@@ -129,7 +132,7 @@ def make_splits(cfg: ProjectConfig, data: IngestedData, sample_ids: set[str]) ->
     """
     pool = data.pool
     classification, is_image = cfg.task.is_classification, cfg.task.is_image
-    assigned = full_splits(pool, data.label, cfg.split, classification=classification, is_image=is_image, test_provided=data.test_labelled)
+    assigned = full_splits(pool, data.label, cfg.split, classification=classification, is_image=is_image, test_provided=data.test_labelled, given=data.given_split)
     full = pool[["id", data.label]].assign(split=assigned, scope=FULL)
     in_sample = pool["id"].isin(sample_ids)
     outside = pool.loc[in_sample & (assigned != "train"), "id"]
@@ -157,13 +160,22 @@ def leakage_checks(cfg: ProjectConfig, data: IngestedData, splits: pd.DataFrame)
         return [_leak_check("table_rows_across_splits", _table_leaks(data, splits), cfg.checks.max_leaked_duplicates)]
     results = []
     info = pd.concat([data.pool, data.test] if data.test is not None else [data.pool])[["id", "sha256", "dup_group"]]
+    # Items whose split the user gave (a validation folder, a labelled test set): trainwise cannot keep
+    # their groups together, so their near copies are judged as a share below, as real data holds a
+    # few natural look-alikes (Fashion-MNIST's trousers); exact copies still count one by one.
+    given = set(data.pool.loc[data.given_split.notna(), "id"]) if data.given_split is not None else set()
+    if data.test is not None and data.test_labelled:
+        given |= set(data.test["id"])
     for scope in (FULL, SAMPLE):
         part = splits[(splits["scope"] == scope) & splits["split"].isin(["train", "val", "test"])].merge(info, on="id")
         # Exact copies (same bytes) and duplicate groups (exact or near: perceptual hash) counted apart.
         exact = part.groupby("sha256")["split"].nunique()
         results.append(_leak_check(f"exact_copies_across_splits_{scope}", int((exact > 1).sum()), cfg.checks.max_leaked_duplicates))
-        spanning = part.dropna(subset=["dup_group"]).groupby("dup_group")["split"].nunique()
+        drawn = part[~part["id"].isin(given)]  # the splits trainwise drew, which never separate a group
+        spanning = drawn.dropna(subset=["dup_group"]).groupby("dup_group")["split"].nunique()
         results.append(_leak_check(f"duplicate_groups_across_splits_{scope}", int((spanning > 1).sum()), cfg.checks.max_leaked_duplicates))
+    if data.given_split is not None:
+        results.append(_near_copies_of_val(cfg, data, splits))
     if data.test is not None:
         exact = data.pool["sha256"].isin(set(data.test["sha256"]))
         results.append(_leak_check("pool_images_in_provided_test", int(exact.sum()), cfg.checks.max_leaked_duplicates))
@@ -188,6 +200,32 @@ def leakage_checks(cfg: ProjectConfig, data: IngestedData, splits: pd.DataFrame)
     return results
 
 
+def _near_copies_of_val(cfg: ProjectConfig, data: IngestedData, splits: pd.DataFrame) -> CheckResult:
+    """The share of a provided validation folder's images with a near copy (not the same bytes) in the training split."""
+    full = splits[splits["scope"] == FULL].merge(data.pool[["id", "sha256", "dup_group"]], on="id")
+    val, train = full[full["id"].isin(data.pool.loc[data.given_split.notna(), "id"])], full[full["split"] == "train"]
+    near = ~val["sha256"].isin(set(train["sha256"])) & val["dup_group"].isin(set(train["dup_group"].dropna()))
+    share = float(near.mean()) if len(val) else 0.0
+    return CheckResult(
+        "near_copies_of_provided_val",
+        share <= cfg.checks.max_near_copies_of_test,
+        share,
+        cfg.checks.max_near_copies_of_test,
+        f"share of the {len(val)} images of the validation folder with a near copy (resized, re-encoded, brightness-shifted) "
+        f"in the training folder ({int(near.sum())} images)",
+        f"{artifacts.LEAKED_GROUPS} of the prepare run lists them: remove them from one folder, or the validation score "
+        "flatters the model and early stopping and tuning select on it",
+    )
+
+
+def leaked_groups(data: IngestedData, splits: pd.DataFrame) -> pd.DataFrame:
+    """Every item of an exact or near duplicate group that spans the full data's splits (submit: the provided unlabelled test)."""
+    info = pd.concat([data.pool, data.test] if data.test is not None else [data.pool])[["id", "path", "dup_group"]]
+    full = splits[splits["scope"] == FULL].merge(info, on="id").dropna(subset=["dup_group"])
+    spans = full.groupby("dup_group")["split"].transform("nunique") > 1
+    return full.loc[spans, ["dup_group", "split", "id", "path", "label"]].sort_values(["dup_group", "split", "id"]).reset_index(drop=True)
+
+
 def _table_leaks(data: IngestedData, splits: pd.DataFrame) -> int:
     features = [c for c in data.pool.columns if c not in ("id", data.label)]
     full = splits[splits["scope"] == FULL][["id", "split"]].merge(data.pool, on="id")
@@ -202,7 +240,8 @@ def _leak_check(name: str, value: int, allowed: int) -> CheckResult:
         value=float(value),
         threshold=float(allowed),
         meaning="identical or near-identical items on both sides of a split inflate validation and test scores",
-        advice="keep split.group_duplicates on, and remove duplicates shared with the provided test set",
+        advice=f"keep split.group_duplicates on; {artifacts.LEAKED_GROUPS} of the prepare run lists every item of a group that spans "
+        "splits: remove or move them where you gave the split yourself (a validation or test folder or file)",
     )
 
 

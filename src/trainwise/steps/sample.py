@@ -30,7 +30,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     # checks, nor a study tuned on the sample.
     assigned = full_splits(
         data.pool, data.label, cfg.split, classification=cfg.task.is_classification, is_image=cfg.task.is_image,
-        test_provided=data.test_labelled,
+        test_provided=data.test_labelled, given=data.given_split,
     )  # fmt: skip
     pool = data.pool[assigned == "train"]
     groups = strata(pool[data.label], classification=cfg.task.is_classification)
