@@ -26,6 +26,9 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
+DIGITS = str(REPO / "projects" / "digits")
+
+pytest_plugins = ["tests.browser"]  # the `browser` fixture (headless Chromium), for any test module
 
 
 def free_port() -> int:
@@ -68,6 +71,16 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     """A project name no other test uses: its own experiment and step cache."""
     stem = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
     return f"t-{stem}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session")
+def digits_pipeline(tracking_server: str) -> tuple[str, str]:
+    """The whole default pipeline in tiny mode (`trainwise run --dry-run`), once per session: its
+    project name and console output. For tests that only read what a full pipeline leaves."""
+    from tests.helpers import invoke
+
+    name = f"t-digits-pipeline-{uuid.uuid4().hex[:6]}"
+    return name, invoke("run", "--project", DIGITS, "--set", f"name={name}", "--dry-run")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

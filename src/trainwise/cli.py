@@ -22,6 +22,7 @@ from trainwise.errors import Terminated, TrainwiseError
 from trainwise.server import DEFAULT_HOST, DEFAULT_PORT, LocalServer
 from trainwise.signals import sigterm_raises
 from trainwise.steps import STEP_NAMES, STEPS, StepSpec
+from trainwise.steps.artifacts import REPORT
 
 if TYPE_CHECKING:
     from trainwise.tracking import Tracker
@@ -215,6 +216,9 @@ def run_command(
     out.print(table)
     out.print(f"MLflow UI:    {tracker.experiment_url}  (experiment {cfg.name})", highlight=False)
     out.print(f"pipeline run: {pipeline_url}", highlight=False)
+    pipeline_id = pipeline_url.split("/runs/")[-1].split("?")[0]
+    if REPORT in tracker.list_artifacts(pipeline_id):
+        out.print(f"findings:     {REPORT} in the pipeline run's artifacts (every step's findings, and what to try next)", highlight=False)
     submitted = next((o for o in outcomes if o.step == "submit"), None)
     if submitted is not None and submitted.outputs.get("file"):
         score = submitted.outputs.get("score")

@@ -15,10 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
+from markdown_it import MarkdownIt
 from matplotlib.figure import Figure
 
 from trainwise.plots import save_png
 
+# CommonMark with tables; html=False escapes any raw HTML, and link validation drops javascript: URLs
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
 MAX_TABLE_ROWS = 200  # beyond this a table stops being read and only makes the page slow
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -29,25 +32,29 @@ h1 { border-bottom: 2px solid #0072B2; padding-bottom: .2em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
 nav ol { columns: 2; }
 figure { margin: 1.5em 0; }
-figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figure img { max-width: min(100%, 820px); height: auto; border: 1px solid #eee; }
 figcaption, .note { color: #555; font-size: .9em; }
 .table-wrap { overflow-x: auto; margin: 1em 0; }
 table { border-collapse: collapse; font-size: .85em; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
 th { background: #f4f6f8; }
+section table td, section table th { text-align: left; }
+code { background: #f4f6f8; padding: 0 .2em; }
 tbody tr:nth-child(even) { background: #fafafa; }
 """
 
 
 @dataclass(frozen=True)
 class CardSection:
-    """One section of the card: plain text (blank lines separate paragraphs), named figures (a
-    Figure or PNG bytes) and named tables, drawn in that order."""
+    """One section of the card: markdown (a run's description; raw HTML in it is escaped), plain text
+    (blank lines separate paragraphs), named figures (a Figure or PNG bytes) and named tables, drawn
+    in that order."""
 
     title: str
     text: str = ""
     figures: Mapping[str, Figure | bytes] = field(default_factory=dict)
     tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    markdown: str = ""  # last: sections are often made positionally (title, text, figures)
 
 
 def render_html(title: str, sections: Sequence[CardSection]) -> str:
@@ -65,6 +72,8 @@ def render_html(title: str, sections: Sequence[CardSection]) -> str:
 
 def _section(index: int, section: CardSection) -> str:
     parts = [f'<section id="section-{index}">', f"<h2>{html.escape(section.title)}</h2>"]
+    if section.markdown.strip():
+        parts.append(_MARKDOWN.render(section.markdown))
     parts += [_paragraph(p) for p in re.split(r"\n\s*\n", section.text.strip()) if p.strip()]
     parts += [_figure(name, fig, section.title) for name, fig in section.figures.items()]
     parts += [_table(name, frame) for name, frame in section.tables.items()]

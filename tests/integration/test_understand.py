@@ -141,10 +141,11 @@ def test_missing_target_column_fails_the_run_with_a_named_error(tracking_server:
     assert run.info.status == "FAILED"
 
 
-def test_run_pipeline_links_cached_steps_and_status_shows_next(tracking_server: str, unique_name: str) -> None:
-    output = invoke("run", "--project", DIGITS, "--set", f"name={unique_name}", "--dry-run")
+def test_run_pipeline_links_cached_steps_and_status_shows_next(tracking_server: str, digits_pipeline: tuple[str, str]) -> None:
+    unique_name, output = digits_pipeline
     assert "submit" in output and "ran" in output
     assert f"MLflow UI:    {tracking_server}/#/experiments/" in output
+    assert "findings:     report.html in the pipeline run's artifacts" in output
     runs = runs_of(tracking_server, unique_name)
     pipeline = next(r for r in runs if r.data.tags[TAG_STEP] == "main")
     step = next(r for r in runs if r.data.tags[TAG_STEP] == "understand")

@@ -95,3 +95,11 @@ def test_nothing_is_fetched_from_outside(card: str) -> None:
 def test_bytes_that_are_not_png_are_refused() -> None:
     with pytest.raises(ValueError, match=r"'broken'.*'S'"):
         render_html("t", [CardSection("S", figures={"broken": b"GIF89a"})])
+
+
+def test_markdown_sections_render_tables_and_escape_raw_html() -> None:
+    # run descriptions go into report.html as markdown; one written from data must not inject markup
+    page = render_html("r", [CardSection("s", markdown="| a | b |\n|---|---|\n| **1** | <script>alert(1)</script> |\n\n[x](javascript:alert(1))")])
+    assert "<table>" in page and "<strong>1</strong>" in page
+    assert "<script>alert" not in page and "&lt;script&gt;" in page
+    assert 'href="javascript:' not in page

@@ -27,6 +27,12 @@ NORMALIZATION = "normalization.json"  # per-channel mean/std from the training s
 PREPROCESSING = "preprocessing.json"  # what the served model must do to raw inputs
 CACHE_INFO = "cache.json"  # the decoded cache's key, size, channels and data digest (found or rebuilt by key)
 
+# check, train -> the findings report (report.py)
+CHECKS = "checks.json"  # check: every pipeline-check row, with "passed"
+LABEL_ISSUES = "label_issues.csv"  # check: suspected label errors of the sample, worst first
+SAMPLE_VS_FULL = "sample_vs_full.json"  # train: the sample-vs-full rows
+REPORT = "report.html"  # main: every step's findings on one page
+
 # tags steps read from each other's runs
 TAG_DIGEST = "trainwise.data_digest"  # ingest: the content digest of the usable data
 TAG_CHECKS = "trainwise.checks"  # sample, prepare, check: "N/M passed"

@@ -33,9 +33,9 @@ from trainwise.tracking import StepRun
 
 log = logging.getLogger(__name__)
 
-CHECKS = "checks.json"
+CHECKS = artifacts.CHECKS
 REPORT = "check_report.html"
-LABEL_ISSUES = "label_issues.csv"  # suspected label errors of the sample, worst first
+LABEL_ISSUES = artifacts.LABEL_ISSUES
 
 
 def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:

@@ -6,12 +6,13 @@ import logging
 from dataclasses import dataclass
 
 from trainwise.config import ProjectConfig
-from trainwise.errors import TrackingError
+from trainwise.errors import TrackingError, TrainwiseError
 from trainwise.identity import key_of
-from trainwise.steps import STEP_NAMES, STEPS, upstream_closure
+from trainwise.report import build_report
+from trainwise.steps import STEP_NAMES, STEPS, artifacts, upstream_closure
 from trainwise.steps.runner import StepOutcome, cache_keys, cache_parts, execute, run_key
 from trainwise.steps.staleness import newest_real_run, stale_reason
-from trainwise.tracking import TAG_CACHE_KEY, TAG_CONFIG_HASH, TAG_DRY_RUN, Tracker
+from trainwise.tracking import TAG_CACHE_KEY, TAG_CONFIG_HASH, TAG_DRY_RUN, StepRun, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,38 @@ def run_pipeline(
     with tracker.run(PIPELINE_STEP, tags=tags, run_name=f"pipeline {cfg.name}") as pipeline:
         pipeline.log_params(cfg.flat_params())
         pipeline.log_text(cfg.to_yaml(), "config.yaml")
-        for spec in (spec for spec in STEPS if spec.name in chosen):
-            outcome = execute(spec.name, cfg, tracker, parent=pipeline, force=spec.name in forced, keys=keys, skip_checks=skip_checks)
-            outcomes.append(outcome)
-        pipeline.set_description(_summary(cfg, outcomes))
+        try:
+            for spec in (spec for spec in STEPS if spec.name in chosen):
+                outcome = execute(spec.name, cfg, tracker, parent=pipeline, force=spec.name in forced, keys=keys, skip_checks=skip_checks)
+                outcomes.append(outcome)
+        except TrainwiseError:  # a step refused (bad data, failed checks): the report still shows what ran before it
+            _log_report(cfg, tracker, pipeline, outcomes)
+            raise
+        reported = _log_report(cfg, tracker, pipeline, outcomes)
+        pipeline.set_description(_summary(cfg, outcomes, reported=reported))
         pipeline.log_metrics({"steps_ran": sum(o.state == "ran" for o in outcomes), "steps_reused": sum(o.state == "reused" for o in outcomes)})
     return pipeline.url, outcomes
 
 
-def _summary(cfg: ProjectConfig, outcomes: list[StepOutcome]) -> str:
-    lines = [f"# Pipeline: {cfg.name}", "", "| step | state | run |", "|---|---|---|"]
+def _log_report(cfg: ProjectConfig, tracker: Tracker, pipeline: StepRun, outcomes: list[StepOutcome]) -> bool:
+    """report.html on the pipeline run, from the step runs; a failure to build it costs a warning, not the pipeline."""
+    runs = {o.step: o.run_id for o in outcomes if o.run_id}
+    if not runs:
+        return False
+    try:
+        pipeline.log_text(build_report(cfg, tracker, runs), artifacts.REPORT)
+    except (TrainwiseError, OSError, ValueError, KeyError) as exc:
+        log.warning("the findings report could not be built (%s: %s); every step's run still holds its own findings", type(exc).__name__, exc)
+        return False
+    log.info("findings report: %s of the pipeline run", artifacts.REPORT)
+    return True
+
+
+def _summary(cfg: ProjectConfig, outcomes: list[StepOutcome], *, reported: bool = False) -> str:
+    lines = [f"# Pipeline: {cfg.name}", ""]
+    if reported:
+        lines += [f"Every step's findings, and what to try next, on one page: `{artifacts.REPORT}` in this run's artifacts.", ""]
+    lines += ["| step | state | run |", "|---|---|---|"]
     for outcome in outcomes:
         link = f"[{outcome.run_id}]({outcome.url})" if outcome.url else ""
         lines.append(f"| {outcome.step} | {outcome.state} | {link} |")

@@ -32,6 +32,7 @@ from trainwise.errors import Terminated
 from trainwise.evaluation import learning_curves, per_class_table, predict_split, report_figures
 from trainwise.fitting import model_spec
 from trainwise.metrics import CLASSIFICATION
+from trainwise.steps import artifacts
 from trainwise.steps.inputs import input_example, load_prepared_data, make_trainer, require_passed_checks
 from trainwise.steps.runner import StepContext, checkpoint_dir
 from trainwise.tracking import StepRun
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 REPORT = "sample_vs_full.html"
 TAG_MODEL = "trainwise.model_uri"
+TAG_STOP_REASON = "trainwise.stop_reason"  # why the main fit ended: completed, early stopping, ...
 TAG_BASELINE = "trainwise.baseline"  # how the network compares with the classical baseline (baseline.py)
 
 
@@ -57,7 +59,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     trainer.model.load_state_dict(result.best_state)  # evaluate the best epoch, not the last
 
     metric = cfg.task.metric or "accuracy"
-    finals: dict[str, float] = {"best_epoch": float(result.best_epoch), f"best_val_{metric}": result.best_value}
+    finals: dict[str, float] = {"best_epoch": float(result.best_epoch), "epochs_run": float(len(result.history)), f"best_val_{metric}": result.best_value}
     sections = []
     for split_name in ("val", "test"):
         split = full.splits.get(split_name)
@@ -78,10 +80,10 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
     # The model first: the refits behind the sample-vs-full report take a while, and an interrupted
     # or failed refit must not cost the trained model.
     uri = serving.log_model(run.run_id, tracking_uri=run.tracking_uri, model=trainer.model.cpu(), spec=model_spec(cfg, full), input_example=input_example(cfg, ctx, full))
-    run.set_tags({TAG_MODEL: uri})
+    run.set_tags({TAG_MODEL: uri, TAG_STOP_REASON: result.stop_reason})
     versus = _baseline(cfg, run, full, finals)
     comparison = _sample_vs_full(cfg, run, ctx, full, result, seconds=seconds)
-    run.log_dict({"checks": [r.to_dict() for r in comparison]}, "sample_vs_full.json")
+    run.log_dict({"checks": [r.to_dict() for r in comparison]}, artifacts.SAMPLE_VS_FULL)
     run.log_metrics({f"check.{r.name}": float(r.passed) for r in comparison} | {f"check_value.{r.name}": r.value for r in comparison})
     run.set_tags({"trainwise.sample_vs_full": summary(comparison)})
     for check in comparison:
