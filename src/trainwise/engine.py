@@ -267,8 +267,9 @@ class Trainer:
             seconds = time.perf_counter() - started
             metrics.update({"epoch_seconds": seconds, "images_per_second": len(train) / seconds, "lr": self.optimizer.param_groups[0]["lr"]})
             value = metrics.get(f"val_{config.metric}", metrics.get(f"train_{config.metric}", float("nan")))
+            loss = metrics.get("val_loss", metrics.get("train_loss", float("nan")))
             # Updated before the callbacks, so a checkpoint written by one holds this epoch's early-stopping state.
-            if self._better(value):
+            if self._better(value, loss):
                 self.best_value, self.best_epoch = value, self.epoch
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(self.model).state_dict().items()}
                 self.epochs_without_improvement = 0
@@ -342,9 +343,15 @@ class Trainer:
         log.info("%s", reason)
         return reason
 
-    def _better(self, value: float) -> bool:
+    def _better(self, value: float, loss: float) -> bool:
+        """A better selection metric; or the same value with a lower loss. Accuracy on a small
+        validation split plateaus: the first epoch to reach the plateau is often far from trained
+        (on breast cancer, 86 validation rows: epoch 7 of 45, test accuracy 0.88 against 0.95 later)."""
         if math.isnan(value):
             return False
+        if value == self.best_value and not math.isnan(loss):
+            best = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
+            return loss < best.get("val_loss", best.get("train_loss", math.inf))
         return value > self.best_value if self.config.direction == "maximize" else value < self.best_value
 
     # -- evaluation ----------------------------------------------------------------------------------

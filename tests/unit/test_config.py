@@ -166,3 +166,18 @@ def test_a_table_project_refuses_flip_tta_when_loaded(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"submission\.tta 'flip' mirrors images"):
         load_config(tmp_path)
+
+
+def test_a_table_project_that_names_no_model_gets_the_mlp_and_a_search_space(tmp_path: Path) -> None:
+    (tmp_path / "project.yaml").write_text("name: t\ntask: {type: tabular_classification, target: target}\ndata: {source: {kind: tabular, sklearn: wine}}\n")
+    cfg = load_config(tmp_path)
+    assert cfg.model.name == "mlp"  # simple_cnn, the image default, cannot read rows
+    assert {"train.lr", "train.weight_decay", "model.params.depth"} <= set(cfg.tune.space)
+    assert cfg.tune.space["model.params.depth"].low == 0  # a linear model, the baseline's kind, is in the space
+    named = tmp_path / "named"
+    named.mkdir()
+    (named / "project.yaml").write_text(
+        "name: t\ntask: {type: tabular_classification, target: target}\ndata: {source: {kind: tabular, sklearn: wine}}\n"
+        "model: {name: mlp, params: {hidden: [8]}}\n"
+    )
+    assert load_config(named).tune.space == {}  # a model the user chose: their space, not ours

@@ -159,3 +159,18 @@ def test_precision_choice() -> None:
 def test_bf16_autocast_on_cpu_still_learns() -> None:
     _, result = fit(config(epochs=5, batch_size=32, lr=0.02, precision="bf16"))
     assert result.history[-1]["val_accuracy"] > 0.8
+
+
+def test_a_tie_on_the_metric_goes_to_the_epoch_with_the_lower_loss() -> None:
+    """Accuracy reaches its plateau (1.0) at once on separable data; the loss keeps falling. The best
+    epoch is the one with the lowest loss on the plateau, not the first to reach it."""
+    generator = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 2
+    x = torch.randn(200, 2, generator=generator) + (y.float() * 8 - 4).unsqueeze(1)
+    train, val = TensorData(x[:150], y[:150]), TensorData(x[150:], y[150:])
+    torch.manual_seed(0)
+    trainer = Trainer(nn.Linear(2, 2), config(num_outputs=2, epochs=8, batch_size=16, lr=0.01, schedule="none"))
+    result = trainer.fit(train, val)
+    plateau = [h for h in result.history if h["val_accuracy"] == 1.0]
+    assert len(plateau) >= 3 and plateau[0]["epoch"] < result.best_epoch  # ties after the first
+    assert result.best_epoch == min(plateau, key=lambda h: h["val_loss"])["epoch"]

@@ -87,6 +87,16 @@ def test_mlp_with_no_hidden_layer_is_a_linear_model() -> None:
     assert count_parameters(model) == 13 * 3 + 3
 
 
+def test_mlp_depth_and_width_give_halving_layers_and_depth_0_is_linear() -> None:
+    sizes = [m.out_features for m in create_model("mlp", input_shape=(13,), num_outputs=3, params={"depth": 3, "width": 64}).hidden if isinstance(m, nn.Linear)]
+    assert sizes == [64, 32, 16]
+    default = [m.out_features for m in create_model("mlp", input_shape=(13,), num_outputs=3, params={}).hidden if isinstance(m, nn.Linear)]
+    assert default == [128, 64]  # as before depth and width existed
+    linear = create_model("mlp", input_shape=(13,), num_outputs=3, params={"depth": 0})
+    assert [type(m) for m in linear.modules() if isinstance(m, nn.Linear)] == [nn.Linear] and len(linear.hidden) == 0
+
+
+
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_resnet_small_depth_adds_parameters(batch_norm: bool) -> None:
     counts = [

@@ -23,8 +23,19 @@ from trainwise.config.sections import (
     TrainConfig,
 )
 from trainwise.config.sources import IMAGE_SOURCE_KINDS, DataConfig
-from trainwise.config.tune import TuneConfig
+from trainwise.config.tune import CategoricalParam, FloatParam, IntParam, TuneConfig
 from trainwise.provenance import canonical_json, short_hash
+
+# The default search space of a table project with the default model: the rate, the weight decay
+# (small tables overfit; the baseline's strength is its L2 penalty), dropout and the MLP's depth
+# from 0 (a linear model, the classical baseline's kind) to 3, and its width.
+TABLE_SPACE = {
+    "train.lr": FloatParam(type="float", low=1e-4, high=3e-2, log=True),
+    "train.weight_decay": FloatParam(type="float", low=1e-6, high=1e-1, log=True),
+    "model.params.depth": IntParam(type="int", low=0, high=3),
+    "model.params.width": CategoricalParam(type="categorical", choices=[32, 64, 128, 256]),
+    "model.params.dropout": FloatParam(type="float", low=0.0, high=0.5),
+}
 
 # --- the project --------------------------------------------------------------------------------
 
@@ -61,7 +72,17 @@ class ProjectConfig(Section):
                     raise ValueError(f"train.{key} {getattr(self.train, key)!r} needs classes; task.type {self.task.type!r} has none")
         if self.registry.model_name is None:
             self.registry.model_name = f"trainwise-{self.name}"
+        self._table_defaults()
         return self
+
+    def _table_defaults(self) -> None:
+        """A table project that names no model gets the MLP, and with it a search space (the image
+        default, simple_cnn, cannot read table rows; an empty space could not be tuned)."""
+        if self.task.is_image or "name" in self.model.model_fields_set:
+            return
+        self.model.name = "mlp"
+        if not self.tune.space:
+            self.tune.space = dict(TABLE_SPACE)
 
     @property
     def source_file(self) -> Path | None:

@@ -38,6 +38,13 @@ def positive_int(name: str, key: str, value: object) -> int:
     return value
 
 
+def non_negative_int(name: str, key: str, value: object) -> int:
+    """An integer params value of at least 0, or a ConfigError naming model.params.<key>."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"model.params.{key} for {name!r} must be a whole number of at least 0, not {value!r}")
+    return value
+
+
 def probability(name: str, key: str, value: object) -> float:
     """A params value in [0, 1), such as a dropout rate, or a ConfigError naming model.params.<key>."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:

@@ -42,12 +42,20 @@ def mlp(
     input_shape: tuple[int, ...],
     num_outputs: int,
     *,
-    hidden: Sequence[int] = (128, 64),
+    hidden: Sequence[int] | None = None,
+    depth: int = 2,
+    width: int = 128,
     dropout: float = 0.0,
     batch_norm: bool = False,
 ) -> MLP:
-    """`hidden`: the hidden layer sizes ([] is a linear model); `dropout`: rate after each hidden layer;
-    `batch_norm`: normalise each hidden layer (helps deeper MLPs, needs batches of 2 or more)."""
+    """`hidden`: the hidden layer sizes ([] is a linear model); or `depth` layers starting at `width`
+    units and halving (the default, depth 2 and width 128, is [128, 64]; depth 0 is a linear model,
+    what the classical baseline fits, so a search over depth can always match it); `dropout`: rate
+    after each hidden layer; `batch_norm`: normalise each hidden layer (helps deeper MLPs, needs
+    batches of 2 or more)."""
+    if hidden is None:
+        depth, width = layers.non_negative_int("mlp", "depth", depth), layers.positive_int("mlp", "width", width)
+        hidden = [max(1, width // 2**i) for i in range(depth)]
     if isinstance(hidden, str | bytes) or not isinstance(hidden, Sequence):
         raise ConfigError(f"model.params.hidden for 'mlp' must be a list of layer sizes such as [128, 64], not {hidden!r}")
     return MLP(
