@@ -216,8 +216,7 @@ def run_command(
     out.print(table)
     out.print(f"MLflow UI:    {tracker.experiment_url}  (experiment {cfg.name})", highlight=False)
     out.print(f"pipeline run: {pipeline_url}", highlight=False)
-    pipeline_id = pipeline_url.split("/runs/")[-1].split("?")[0]
-    if REPORT in tracker.list_artifacts(pipeline_id):
+    if _has_report(tracker, pipeline_url):
         out.print(f"findings:     {REPORT} in the pipeline run's artifacts (every step's findings, and what to try next)", highlight=False)
     submitted = next((o for o in outcomes if o.step == "submit"), None)
     if submitted is not None and submitted.outputs.get("file"):
@@ -339,3 +338,12 @@ def ui_url(obj: dict[str, Any]) -> None:
 
 def main() -> None:
     cli(prog_name="trainwise")
+
+
+def _has_report(tracker: Tracker, pipeline_url: str) -> bool:
+    """Whether the pipeline run (named by its UI link, or runs:/<id> on a non-HTTP store) logged report.html."""
+    run_id = pipeline_url.removeprefix("runs:/").split("/runs/")[-1].split("?")[0].strip("/")
+    try:
+        return REPORT in tracker.list_artifacts(run_id)
+    except Exception:  # noqa: BLE001 - only decides whether one line is printed
+        return False

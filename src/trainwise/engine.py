@@ -339,7 +339,7 @@ class Trainer:
         patience = self.config.early_stopping_patience
         if patience is None or self.epochs_without_improvement < patience:
             return None
-        reason = f"early stopping: no improvement of val_{self.config.metric} for {patience} epochs"
+        reason = f"early stopping: no improvement of val_{self.config.metric} (nor of val_loss at an equal value) for {patience} epochs"
         log.info("%s", reason)
         return reason
 

@@ -207,7 +207,8 @@ def advice(cfg: ProjectConfig, tracker: Tracker, runs: Mapping[str, Run], folder
         found += _training_advice(cfg, tracker, train, folder)
     promote = runs.get("promote")
     if promote is not None and promote.data.tags.get(TAG_PROMOTION) == "kept":
-        found.append(Advice("the challenger did not beat the champion on the holdout", "keep the champion; tune longer (tune.trials) or widen tune.space"))
+        reason = promote.data.tags.get(TAG_PROMOTION_REASON, "")
+        found.append(Advice(f"the challenger was not promoted: {reason}", "read the promote run's comparison before trying more (tune.trials, tune.space)"))
     return found
 
 
@@ -248,7 +249,7 @@ def _training_advice(cfg: ProjectConfig, tracker: Tracker, train: Run, folder: P
                             "or features the linear model already uses well"))  # fmt: skip
     epochs, best = m.get("epochs_run"), m.get("best_epoch")
     if epochs and best and best >= epochs and tags.get("trainwise.stop_reason") == "completed":
-        found.append(Advice(f"validation {metric} was still improving at the last epoch ({int(epochs)})",
+        found.append(Advice(f"the best epoch was the last of {int(epochs)}: validation {metric} (or its loss) was still improving",
                             f"train longer: train.epochs above {int(epochs)}"))  # fmt: skip
     curve = rows.get("learning_curve_extrapolation", {})
     if curve and not curve.get("passed", True):

@@ -444,3 +444,8 @@ def test_weights_that_match_nothing_or_are_not_safetensors_are_config_errors(tmp
         load_initial_weights(create_model("mlp", input_shape=(5,), num_outputs=2), junk)
     with pytest.raises(ConfigError, match=r"absent\.safetensors: cannot read it"):
         load_initial_weights(create_model("mlp", input_shape=(5,), num_outputs=2), tmp_path / "absent.safetensors")
+
+
+def test_mlp_refuses_hidden_with_depth_or_width() -> None:
+    with pytest.raises(ConfigError, match=r"give hidden .* or depth and width, not both"):
+        create_model("mlp", input_shape=(13,), num_outputs=3, params={"hidden": [64], "depth": 0})

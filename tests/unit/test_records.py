@@ -13,6 +13,7 @@ from PIL import Image
 from trainwise.config import load_config
 from trainwise.data.images import MISSING, NOT_AN_IMAGE
 from trainwise.data.records import TEST, TRAIN, VAL, list_images, read_idx
+from trainwise.data.sources import fingerprint
 from trainwise.errors import DataError
 
 
@@ -161,3 +162,15 @@ def test_a_validation_folder_inside_the_training_folder_is_an_error(tmp_path: Pa
     source = f"{{kind: image_folder, root: {tmp_path / 'train'}, val: {tmp_path / 'train' / 'val'}}}"
     with pytest.raises(DataError, match=r"data.source.val .* lies inside data.source.root"):
         list_images(load_config(project(tmp_path, source)))
+
+
+def test_editing_the_validation_folder_changes_the_sources_content_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the ingest key holds this digest: a changed val/ must rerun ingest and everything after it
+    monkeypatch.setenv("TRAINWISE_HOME", str(tmp_path / "home"))
+    images(tmp_path / "train" / "cat", ["1.png"])
+    images(tmp_path / "train" / "dog", ["1.png"])
+    images(tmp_path / "val" / "cat", ["1.png"])
+    cfg = load_config(project(tmp_path, f"{{kind: image_folder, root: {tmp_path / 'train'}, val: {tmp_path / 'val'}}}"))
+    before = fingerprint(cfg)
+    Image.new("RGB", (6, 6), (200, 20, 30)).save(tmp_path / "val" / "cat" / "1.png")
+    assert fingerprint(cfg) != before

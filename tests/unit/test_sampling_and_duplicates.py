@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -122,3 +124,18 @@ def test_a_provided_validation_folder_is_the_validation_split(test_provided: boo
     held_out = int((assigned == "test").sum())
     assert held_out == (0 if test_provided else pytest.approx(0.2 * 240, abs=3))  # split.test: a share of the training folder
     assert set(assigned) == ({"train", "val"} if test_provided else {"train", "val", "test"})
+
+
+def test_a_near_copy_of_a_validation_image_in_a_held_out_split_is_counted() -> None:
+    """val/ item v and training-folder item t are one near-duplicate group; t was held out as test."""
+    from trainwise.config import load_config
+    from trainwise.steps.inputs import IngestedData
+    from trainwise.steps.prepare import _near_copies_of_val
+
+    pool = pd.DataFrame({"id": ["v", "t", "u"], "label": ["a", "a", "b"], "sha256": ["1", "2", "3"], "dup_group": [7, 7, None]})
+    splits = pd.DataFrame({"id": ["v", "t", "u"], "label": ["a", "a", "b"], "split": ["val", "test", "train"], "scope": "full"})
+    data = IngestedData(pool, None, "label", [], False, pd.Series([VAL, None, None]))
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "projects" / "digits")  # its threshold: 1%
+    result = _near_copies_of_val(cfg, data, splits)
+    assert result.value == 1.0 and not result.passed  # only counting copies in "train" would find none

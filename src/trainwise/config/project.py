@@ -82,7 +82,9 @@ class ProjectConfig(Section):
             return
         self.model.name = "mlp"
         if not self.tune.space:
-            self.tune.space = dict(TABLE_SPACE)
+            # layer sizes the user gave stay: depth and width would conflict with them
+            fixed = {"model.params.depth", "model.params.width"} if "hidden" in self.model.params else set()
+            self.tune.space = {key: param for key, param in TABLE_SPACE.items() if key not in fixed}
 
     @property
     def source_file(self) -> Path | None:

@@ -43,8 +43,8 @@ def mlp(
     num_outputs: int,
     *,
     hidden: Sequence[int] | None = None,
-    depth: int = 2,
-    width: int = 128,
+    depth: int | None = None,
+    width: int | None = None,
     dropout: float = 0.0,
     batch_norm: bool = False,
 ) -> MLP:
@@ -54,8 +54,11 @@ def mlp(
     after each hidden layer; `batch_norm`: normalise each hidden layer (helps deeper MLPs, needs
     batches of 2 or more)."""
     if hidden is None:
-        depth, width = layers.non_negative_int("mlp", "depth", depth), layers.positive_int("mlp", "width", width)
+        depth = layers.non_negative_int("mlp", "depth", 2 if depth is None else depth)
+        width = layers.positive_int("mlp", "width", 128 if width is None else width)
         hidden = [max(1, width // 2**i) for i in range(depth)]
+    elif depth is not None or width is not None:  # one would be ignored: a search over it would train one network
+        raise ConfigError("model.params for 'mlp': give hidden (the layer sizes) or depth and width, not both")
     if isinstance(hidden, str | bytes) or not isinstance(hidden, Sequence):
         raise ConfigError(f"model.params.hidden for 'mlp' must be a list of layer sizes such as [128, 64], not {hidden!r}")
     return MLP(

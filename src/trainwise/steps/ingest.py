@@ -77,9 +77,11 @@ def _ingest_images(cfg: ProjectConfig, run: StepRun) -> dict[str, Any]:
             f"{cfg.data.max_bad_fraction:.1%}. First: {first}. Every one is listed with its reason in quarantine.csv of "
             f"run {run.url}. Fix or remove them, or raise data.max_bad_fraction."
         )
-    emptied = sorted(set(listing.classes) - set(usable.loc[usable["split"].isin(POOL), "label"]))
+    # per training folder: a class whose training images were all quarantined cannot be learnt, even if
+    # a provided validation folder still holds some of it
+    emptied = sorted(set(listing.classes) - set(usable.loc[usable["split"] == TRAIN, "label"]))
     if emptied:
-        raise DataError(f"every image of class {', '.join(emptied)} was quarantined; see quarantine.csv of run {run.url}")
+        raise DataError(f"every training image of class {', '.join(emptied)} was quarantined; see quarantine.csv of run {run.url}")
     log.info("%s: %d usable images, %d quarantined, digest %s", cfg.name, len(usable), len(bad), digest)
     return {"digest": digest, "items": len(usable)}
 

@@ -10,7 +10,7 @@ from trainwise.errors import TrackingError, TrainwiseError
 from trainwise.identity import key_of
 from trainwise.report import build_report
 from trainwise.steps import STEP_NAMES, STEPS, artifacts, upstream_closure
-from trainwise.steps.runner import StepOutcome, cache_keys, cache_parts, execute, run_key
+from trainwise.steps.runner import TAG_STEP_RUN, StepOutcome, cache_keys, cache_parts, execute, run_key
 from trainwise.steps.staleness import newest_real_run, stale_reason
 from trainwise.tracking import TAG_CACHE_KEY, TAG_CONFIG_HASH, TAG_DRY_RUN, StepRun, Tracker
 
@@ -82,12 +82,15 @@ def run_pipeline(
 
 def _log_report(cfg: ProjectConfig, tracker: Tracker, pipeline: StepRun, outcomes: list[StepOutcome]) -> bool:
     """report.html on the pipeline run, from the step runs; a failure to build it costs a warning, not the pipeline."""
-    runs = {o.step: o.run_id for o in outcomes if o.run_id}
-    if not runs:
-        return False
     try:
+        # the pipeline's step_run tags name every step run it started, the one that refused too
+        tags = tracker.get_run(pipeline.run_id).data.tags
+        runs = {step: tags[TAG_STEP_RUN + step] for step in STEP_NAMES if TAG_STEP_RUN + step in tags}
+        runs |= {o.step: o.run_id for o in outcomes if o.run_id}
+        if not runs:
+            return False
         pipeline.log_text(build_report(cfg, tracker, runs), artifacts.REPORT)
-    except (TrainwiseError, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the report is a summary of runs that hold it all: never the reason a pipeline fails
         log.warning("the findings report could not be built (%s: %s); every step's run still holds its own findings", type(exc).__name__, exc)
         return False
     log.info("findings report: %s of the pipeline run", artifacts.REPORT)

@@ -201,10 +201,12 @@ def leakage_checks(cfg: ProjectConfig, data: IngestedData, splits: pd.DataFrame)
 
 
 def _near_copies_of_val(cfg: ProjectConfig, data: IngestedData, splits: pd.DataFrame) -> CheckResult:
-    """The share of a provided validation folder's images with a near copy (not the same bytes) in the training split."""
+    """The share of a provided validation folder's images with a near copy (not the same bytes) in the
+    other splits of the training folder (train, and a test split held out of it)."""
     full = splits[splits["scope"] == FULL].merge(data.pool[["id", "sha256", "dup_group"]], on="id")
-    val, train = full[full["id"].isin(data.pool.loc[data.given_split.notna(), "id"])], full[full["split"] == "train"]
-    near = ~val["sha256"].isin(set(train["sha256"])) & val["dup_group"].isin(set(train["dup_group"].dropna()))
+    in_val = full["id"].isin(data.pool.loc[data.given_split.notna(), "id"])
+    val, others = full[in_val], full[~in_val]
+    near = ~val["sha256"].isin(set(others["sha256"])) & val["dup_group"].isin(set(others["dup_group"].dropna()))
     share = float(near.mean()) if len(val) else 0.0
     return CheckResult(
         "near_copies_of_provided_val",
@@ -212,7 +214,7 @@ def _near_copies_of_val(cfg: ProjectConfig, data: IngestedData, splits: pd.DataF
         share,
         cfg.checks.max_near_copies_of_test,
         f"share of the {len(val)} images of the validation folder with a near copy (resized, re-encoded, brightness-shifted) "
-        f"in the training folder ({int(near.sum())} images)",
+        f"in the training folder's splits ({int(near.sum())} images)",
         f"{artifacts.LEAKED_GROUPS} of the prepare run lists them: remove them from one folder, or the validation score "
         "flatters the model and early stopping and tuning select on it",
     )
