@@ -9,7 +9,7 @@ from trainwise.config import ProjectConfig
 from trainwise.errors import TrackingError
 from trainwise.identity import key_of
 from trainwise.steps import STEP_NAMES, STEPS, upstream_closure
-from trainwise.steps.runner import StepOutcome, cache_keys, cache_parts, execute, run_key
+from trainwise.steps.runner import StepOutcome, cache_keys, cache_parts, execute, fetch_weights, run_key
 from trainwise.steps.staleness import newest_real_run, stale_reason
 from trainwise.tracking import TAG_CACHE_KEY, TAG_CONFIG_HASH, TAG_DRY_RUN, Tracker
 
@@ -60,6 +60,7 @@ def run_pipeline(
     """Run (or reuse) the steps (default: every one) under one pipeline run; returns its URL and the outcomes."""
     forced = forced_steps(force)
     chosen = set(steps or STEP_NAMES)
+    fetch_weights(cfg, sorted(chosen))  # before the keys, which hold the weights' content
     keys = cache_keys(cfg, skip_checks=skip_checks)
     outcomes: list[StepOutcome] = []
     tags = {TAG_CONFIG_HASH: cfg.config_hash(), TAG_DRY_RUN: str(cfg.dry_run).lower()}
