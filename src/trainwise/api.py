@@ -72,13 +72,14 @@ def run_step(
 ) -> StepOutcome:
     """Run one step (or reuse its current run), as `trainwise STEP`; `with_upstream` first runs the stale
     steps it needs. A gating step whose checks fail raises ChecksFailedError after its run is logged."""
-    from trainwise.steps.runner import cache_keys, execute, stale_upstream
+    from trainwise.steps.runner import cache_keys, execute, fetch_weights, stale_upstream
 
     unknown = sorted(set(options) - STEP_OPTIONS.get(step, set()))
     if unknown:
         takes = ", ".join(sorted(STEP_OPTIONS.get(step, set()))) or "none"
         raise ConfigError(f"run_step({step!r}): unknown option {', '.join(unknown)}; its options: {takes}")
     cfg, tracker = project.cfg, project.tracker
+    fetch_weights(cfg, [step])  # before any key (they hold the weights' content) and any upstream step runs
     chosen = {k: v for k, v in options.items() if v not in ("", False, None)}
     if with_upstream:
         keys = cache_keys(cfg, skip_checks=skip_checks)
@@ -90,8 +91,9 @@ def run_step(
 
 def upstream_to_run(project: Project, step: str, *, skip_checks: bool = False, **options: Any) -> list[str]:
     """The steps `step` needs that have no current run (what `with_upstream` runs first)."""
-    from trainwise.steps.runner import cache_keys, stale_upstream
+    from trainwise.steps.runner import cache_keys, fetch_weights, stale_upstream
 
+    fetch_weights(project.cfg, [step])
     keys = cache_keys(project.cfg, skip_checks=skip_checks)
     chosen = {k: v for k, v in options.items() if v not in ("", False, None)}
     return stale_upstream(step, project.cfg, project.tracker, keys, skip_checks=skip_checks, options=chosen)

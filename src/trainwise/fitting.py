@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,13 +18,34 @@ from trainwise.engine import Callback, EngineConfig, Trainer
 from trainwise.metrics import CLASSIFICATION
 from trainwise.progress import ProgressCallback
 
+if TYPE_CHECKING:
+    from trainwise.models.pretrained import PretrainedWeights
+
+log = logging.getLogger(__name__)
+
+
+def pretrained_weights(cfg: ProjectConfig, *, fetch: bool = True) -> PretrainedWeights | None:
+    """model.weights resolved to torchvision's weight set and its file; `fetch`: downloaded first when missing
+    (model.download_weights), or a ConfigError naming the file to place and where."""
+    if cfg.model.weights is None:
+        return None
+    from trainwise.models import pretrained
+
+    weights = pretrained.resolve_weights(cfg.model.name, cfg.model.weights, cfg.model.weights_file)
+    if fetch:
+        pretrained.fetch(weights, download=cfg.model.download_weights)
+    return weights
+
 
 def build_model(cfg: ProjectConfig, data: PreparedData, *, seed: int | None = None, init_weights: Path | None = None) -> nn.Module:
-    """A fresh model seeded from train.seed (or `seed`), its output bias set to the class prior when asked."""
+    """A fresh model seeded from train.seed (or `seed`), from model.weights when given, its output bias
+    set to the class prior when asked; `init_weights` (model.init) are loaded over it."""
     from trainwise.models import create_model, init_output_bias, load_initial_weights
 
     torch.manual_seed(cfg.train.seed if seed is None else seed)
-    model = create_model(cfg.model.name, input_shape=data.input_shape, num_outputs=data.num_outputs, params=cfg.model.params)
+    model = create_model(
+        cfg.model.name, input_shape=data.input_shape, num_outputs=data.num_outputs, params=cfg.model.params, pretrained=pretrained_weights(cfg)
+    )
     if init_weights is not None:
         load_initial_weights(model, init_weights)
     elif cfg.model.prior_bias_init:
@@ -118,8 +141,12 @@ def make_trainer(
 
 
 def model_spec(cfg: ProjectConfig, data: PreparedData) -> dict[str, Any]:
-    """What serving needs to rebuild the network and repeat the preprocessing on raw inputs."""
-    return {
+    """What serving needs to rebuild the network and repeat the preprocessing on raw inputs.
+
+    `data` comes through `with_model_preprocessing`, so a pretrained model's spec holds the weights'
+    normalisation, the one its training and evaluation used; `pretrained` records where it started.
+    """
+    spec = {
         "model": cfg.model.name,
         "input_shape": list(data.input_shape),
         "num_outputs": data.num_outputs,
@@ -128,3 +155,40 @@ def model_spec(cfg: ProjectConfig, data: PreparedData) -> dict[str, Any]:
         "classes": data.classes,
         "preprocessing": data.preprocessing,
     }
+    weights = pretrained_weights(cfg, fetch=False)
+    if weights is not None:
+        from trainwise.data.content import sha256_file
+
+        spec["pretrained"] = {"weights": weights.name, "sha256": sha256_file(weights.file), "notes": pretrained_notes(cfg, data)}
+    return spec
+
+
+def with_model_preprocessing(cfg: ProjectConfig, data: PreparedData) -> PreparedData:
+    """`data` with the input normalisation the model needs: the weights' own for model.weights, else prepare's.
+
+    The one place the swap happens: the batch transforms of training and evaluation, the checks and
+    the served model's spec all read `data.preprocessing`. The dataset's statistics stay beside them
+    (`data_mean`, `data_std`), for the input check's expectation.
+    """
+    weights = pretrained_weights(cfg, fetch=False)
+    if weights is None or not data.is_image or "stats_from" in data.preprocessing:
+        return data
+    from trainwise.models.pretrained import input_normalisation
+
+    for note in pretrained_notes(cfg, data)[1:]:
+        log.warning("%s: %s", cfg.name, note)
+    mean, std = input_normalisation(weights, data.input_shape[0])
+    prep = data.preprocessing
+    normalised = {**prep, "mean": mean, "std": std, "stats_from": weights.name, "data_mean": prep["mean"], "data_std": prep["std"]}
+    return replace(data, preprocessing=normalised)
+
+
+def pretrained_notes(cfg: ProjectConfig, data: PreparedData) -> list[str]:
+    """What fitting model.weights to this project's inputs changed, one sentence each (empty without weights)."""
+    weights = pretrained_weights(cfg, fetch=False)
+    if weights is None:
+        return []
+    from trainwise.models.external import small_input_stem
+    from trainwise.models.pretrained import adaptation_notes
+
+    return adaptation_notes(weights, data.input_shape, small_stem=small_input_stem(cfg.model.name, data.input_shape))

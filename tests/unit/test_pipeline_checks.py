@@ -84,6 +84,22 @@ def test_unnormalised_inputs_fail_the_input_check() -> None:
     assert not result.passed and result.value > 0.5
 
 
+def test_inputs_normalised_with_pretrained_weights_statistics_are_judged_against_what_those_give() -> None:
+    # ImageNet-like statistics on digits leave the inputs far from mean 0, std 1 (|mean| 0.66): right for
+    # a pretrained net, and what the row must then expect instead (fitting.with_model_preprocessing).
+    weights_mean, weights_std = [0.45], [0.226]
+    data = digits_data()
+    claimed = {**data.preprocessing, "mean": weights_mean, "std": weights_std, "stats_from": "W.IMAGENET1K_V1", "data_mean": MEAN, "data_std": STD}
+    normalised = lambda x: normalize(x.float() / 255.0, weights_mean, weights_std)  # noqa: E731
+    pretrained = replace(setup(data=replace(data, preprocessing=claimed)), train_transform=normalised, eval_transform=normalised)
+    result = check_inputs(pretrained)
+    assert result.passed and result.value < 0.05 and "W.IMAGENET1K_V1" in result.meaning, result.meaning
+    unexplained = replace(pretrained, data=replace(data, preprocessing={**data.preprocessing, "mean": weights_mean, "std": weights_std}))
+    assert not check_inputs(unexplained).passed  # the same inputs, judged as if normalised with their own statistics
+    mismatched = replace(pretrained, eval_transform=lambda x: normalize(x.float() / 255.0, MEAN, STD))
+    assert not check_inputs(mismatched).passed  # claims the weights' statistics, applies the data's
+
+
 class MixesTheBatch(nn.Module):
     """A bug seen in the wild: statistics over the batch axis in eval mode."""
 

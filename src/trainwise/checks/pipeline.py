@@ -46,7 +46,7 @@ class CheckSetup:
     prior_bias_init: bool
     init_prior: list[float] | None = None  # the shares the output bias starts at (fitting.training_prior); None: data.prior()
     balanced: bool = False  # training weighs classes alike (class_weight or sampler balanced): judged by balanced accuracy
-    pretrained: bool = False  # starts from model.init weights: the loss and bias at init are not a fresh net's
+    pretrained: bool = False  # starts from model.init or model.weights: the loss and bias at init are not a fresh net's
     freeze_backbone: bool = False  # training starts with the backbone frozen: check 4 checks the freeze holds
     augmented: bool = True  # the training transform augments at random (else destructive_augmentation is not judged)
     plan: CheckPlan | None = None  # steps, items and epochs within checks.budget_seconds (`plan_for`); None: as configured
@@ -264,7 +264,8 @@ def check_inputs(setup: CheckSetup) -> CheckResult:
         numeric = len(setup.data.preprocessing.get("numeric", []))
         values = x[:, :numeric].T
     means, stds = values.mean(dim=1), values.std(dim=1)
-    deviation = float(torch.cat([means.abs(), (stds - 1).abs()]).max()) if values.numel() else 0.0
+    expected_means, expected_stds, against = _expected_input_stats(setup.data.preprocessing, len(means))
+    deviation = float(torch.cat([(means - expected_means).abs(), (stds / expected_stds - 1).abs()]).max()) if values.numel() else 0.0
     figure = None
     if setup.data.is_image:
         shown, y = setup.batch(32, transform=setup.train_transform)
@@ -277,11 +278,31 @@ def check_inputs(setup: CheckSetup) -> CheckResult:
         not problems and deviation <= tolerance,
         deviation,
         tolerance,
-        f"largest |mean| or |std - 1| of a normalised input channel or feature; per-channel means {np.round(means.tolist(), 3).tolist()}, "
-        f"stds {np.round(stds.tolist(), 3).tolist()}" + (f"; problems: {', '.join(problems)}" if problems else ""),
+        f"largest |mean{against[0]}| or |std{against[1]} - 1| of a normalised input channel or feature; per-channel means "
+        f"{np.round(means.tolist(), 3).tolist()}, stds {np.round(stds.tolist(), 3).tolist()}"
+        + (f" ({against[2]})" if against[2] else "") + (f"; problems: {', '.join(problems)}" if problems else ""),
         "normalisation statistics or the input pipeline are wrong: check prepare's normalization.json and image.channels",
         figure,
     )
+
+
+def _expected_input_stats(preprocessing: dict, channels: int) -> tuple[torch.Tensor, torch.Tensor, tuple[str, str, str]]:
+    """Per-channel mean and std the normalised inputs should have, and how the row's text names them.
+
+    Normalised with the training split's own statistics: 0 and 1. With pretrained weights' statistics
+    (`stats_from`, fitting.with_model_preprocessing) the data keeps its own colours: (data mean -
+    weights' mean) / weights' std and data std / weights' std, which the row then compares against.
+    """
+    if "stats_from" not in preprocessing:
+        return torch.zeros(channels), torch.ones(channels), ("", "", "")
+    mean, std = torch.tensor(preprocessing["mean"]), torch.tensor(preprocessing["std"])
+    data_mean, data_std = torch.tensor(preprocessing["data_mean"]), torch.tensor(preprocessing["data_std"])
+    expected_means, expected_stds = (data_mean - mean) / std, data_std / std
+    why = (
+        f"normalised with the mean and std of {preprocessing['stats_from']}, so expected: means "
+        f"{np.round(expected_means.tolist(), 3).tolist()}, stds {np.round(expected_stds.tolist(), 3).tolist()} from the training split's statistics"
+    )
+    return expected_means, expected_stds, (" - expected", " / expected", why)
 
 
 # -- 2, 3. the network at initialisation ------------------------------------------------------------
@@ -320,7 +341,7 @@ def expected_initial_loss(setup: CheckSetup) -> tuple[float, str]:
 @torch.no_grad()
 def check_loss_at_init(setup: CheckSetup) -> CheckResult:
     if setup.pretrained:
-        return CheckResult("loss_at_init", True, 0.0, 0.0, "skipped: the model starts from pretrained weights (model.init)", "")
+        return CheckResult("loss_at_init", True, 0.0, 0.0, "skipped: the model starts from pretrained weights (model.init or model.weights)", "")
     model = setup.build_model().eval()
     x, y = setup.batch(len(setup.train))
     loss = float(setup.loss(model(x), y))
@@ -340,7 +361,7 @@ def check_output_bias(setup: CheckSetup) -> CheckResult:
     from trainwise.models import output_layer
 
     if not setup.prior_bias_init or setup.pretrained:
-        why = "the model starts from pretrained weights (model.init)" if setup.pretrained else "model.prior_bias_init is false"
+        why = "the model starts from pretrained weights (model.init or model.weights)" if setup.pretrained else "model.prior_bias_init is false"
         return CheckResult("output_bias_prior", True, 0.0, 0.0, f"skipped: {why}", "")
     bias = output_layer(setup.build_model()).bias
     if setup.classification:

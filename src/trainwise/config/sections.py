@@ -121,7 +121,20 @@ class ModelConfig(Section):
     )
     params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the architecture")
     init: str | None = Field(None, description="start weights: a .safetensors file or models:/<name>@<alias>")
-    freeze_backbone_epochs: int = Field(0, ge=0)
+    weights: str | None = Field(
+        None,
+        description="torchvision's pretrained weights for a torchvision: model, by name (DEFAULT, IMAGENET1K_V1, ...): the "
+        "backbone starts from them, the output layer is new, and the inputs are normalised with the weights' mean and std",
+    )
+    weights_file: Path | None = Field(
+        None,
+        description="read model.weights from this file (a torchvision .pth state dict) instead of torch's hub cache "
+        "($TORCH_HOME/hub/checkpoints); keyed by its content, not its place",
+    )
+    download_weights: bool = Field(
+        True, description="download model.weights into torch's hub cache when they are not there (needs the internet)"
+    )
+    freeze_backbone_epochs: int = Field(0, ge=0, description="epochs that train only the output layer before the whole network")
     prior_bias_init: bool = Field(True, description="initialise the output bias to the class prior")
 
     @field_validator("name")
@@ -145,6 +158,23 @@ class ModelConfig(Section):
             return value
         path = resolve_path(Path(value), info)
         return str(path)
+
+    @field_validator("weights_file")
+    @classmethod
+    def _weights_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # Not required to exist here: a missing file is reported with where it comes from (models.pretrained).
+        return resolve_path(value, info, must_exist=False)
+
+    @model_validator(mode="after")
+    def _weights_fit_the_model(self) -> ModelConfig:
+        if self.weights is not None and not self.name.startswith("torchvision:"):
+            raise ValueError(
+                f"model.weights {self.weights!r} names torchvision's pretrained weights, but model.name {self.name!r} is not a "
+                "torchvision model; use model.name: torchvision:<name> (e.g. torchvision:resnet18), or model.init for your own weights"
+            )
+        if self.weights_file is not None and self.weights is None:
+            raise ValueError("model.weights_file is the file of model.weights: set model.weights too (e.g. DEFAULT or IMAGENET1K_V1)")
+        return self
 
 
 class TrainConfig(Section):

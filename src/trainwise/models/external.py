@@ -1,7 +1,8 @@
 """Models from outside the registry: torchvision's zoo and a user's own nn.Module class.
 
-No weights are ever downloaded: torchvision models are built with weights=None, and transfer
-learning starts from a local file (weights.load_initial_weights) or a registered MLflow model.
+torchvision models are built untrained, or from torchvision's pretrained weights (`model.weights`,
+see models.pretrained) with a new output layer; either way the layout is the one the untrained
+build has, so serving rebuilds the network without the weights' file and loads the trained tensors.
 """
 
 from __future__ import annotations
@@ -11,15 +12,22 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from trainwise.errors import ConfigError
 from trainwise.models.layers import LARGE_INPUT
+
+if TYPE_CHECKING:
+    from trainwise.models.pretrained import PretrainedWeights
+
+log = logging.getLogger(__name__)
 
 # Arguments a user's class may declare to learn about the data; each is passed only when declared.
 _DATA_ARGUMENTS = ("in_channels", "num_classes", "num_outputs", "input_shape", "num_features")
@@ -28,12 +36,16 @@ _DATA_ARGUMENTS = ("in_channels", "num_classes", "num_outputs", "input_shape", "
 _TORCHVISION_ARGUMENTS = ("weights", "num_classes")
 
 
-def torchvision_model(ref: str, input_shape: tuple[int, ...], num_outputs: int, params: dict[str, Any]) -> nn.Module:
-    """`torchvision:<name>` built untrained for `num_outputs` classes and adapted to the input channels.
+def torchvision_model(
+    ref: str, input_shape: tuple[int, ...], num_outputs: int, params: dict[str, Any], pretrained: PretrainedWeights | None = None
+) -> nn.Module:
+    """`torchvision:<name>` for `num_outputs` classes, adapted to the input channels; untrained, or from `pretrained`.
 
     `params` go to the model builder (e.g. `dropout` for MobileNet, `aux_logits: false` for
     Inception). ResNets on inputs under 64 pixels get a 3x3 stride-1 first conv and no max-pool,
-    so a 32x32 image still leaves a 4x4 map at the end instead of 1x1.
+    so a 32x32 image still leaves a 4x4 map at the end instead of 1x1. With pretrained weights the
+    replaced first conv starts from the pretrained one (its kernel centres, summed over the input
+    channels for grey images: models.pretrained.adapted_conv_weight) instead of from scratch.
     """
     import torchvision
     from torchvision.models import ResNet
@@ -55,22 +67,36 @@ def torchvision_model(ref: str, input_shape: tuple[int, ...], num_outputs: int, 
     reserved = sorted(set(params) & set(_TORCHVISION_ARGUMENTS))
     if reserved:
         raise ConfigError(
-            f"model.params {reserved} for {ref!r} are set by trainwise (no downloaded weights; classes from the data)"
+            f"model.params {reserved} for {ref!r} are set by trainwise (pretrained weights: model.weights; classes from the data)"
         )
-    try:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_outputs, **params)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"model.name {ref!r} rejects model.params {params}: {err}") from err
-    channels, height, width = input_shape
-    if isinstance(model, ResNet) and min(height, width) < LARGE_INPUT:
-        model.conv1 = _he_conv(nn.Conv2d(channels, model.conv1.out_channels, 3, stride=1, padding=1, bias=False))
+    if pretrained is not None:
+        from trainwise.models.pretrained import pretrained_network
+
+        model = pretrained_network(pretrained, params, num_outputs)
+    else:
+        try:
+            model = torchvision.models.get_model(name, weights=None, num_classes=num_outputs, **params)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"model.name {ref!r} rejects model.params {params}: {err}") from err
+    channels = input_shape[0]
+    if small_input_stem(ref, input_shape):
+        assert isinstance(model, ResNet)
+        model.conv1 = _replacement_conv(model.conv1, nn.Conv2d(channels, model.conv1.out_channels, 3, stride=1, padding=1, bias=False), pretrained)
         model.maxpool = nn.Identity()
     else:
-        _adapt_first_conv(model, ref, channels)
+        _adapt_first_conv(model, ref, channels, pretrained)
     return model
 
 
-def _adapt_first_conv(model: nn.Module, ref: str, channels: int) -> None:
+def small_input_stem(ref: str, input_shape: tuple[int, ...]) -> bool:
+    """Does `torchvision:<ResNet>` get the small-input stem (3x3 stride-1 conv1, no max-pool) for these inputs?"""
+    import torchvision
+
+    builder = torchvision.models.get_model_builder(ref.removeprefix("torchvision:"))
+    return builder.__module__ == "torchvision.models.resnet" and len(input_shape) == 3 and min(input_shape[1:]) < LARGE_INPUT
+
+
+def _adapt_first_conv(model: nn.Module, ref: str, channels: int, pretrained: PretrainedWeights | None) -> None:
     """Replace the first Conv2d with one of the same settings that takes `channels` input channels."""
     convs = [(path, module) for path, module in model.named_modules() if isinstance(module, nn.Conv2d)]
     if not convs:
@@ -90,7 +116,23 @@ def _adapt_first_conv(model: nn.Module, ref: str, channels: int) -> None:
         bias=conv.bias is not None,
         padding_mode=conv.padding_mode,
     )
-    setattr(model.get_submodule(parent_path), attribute, _he_conv(replacement))
+    setattr(model.get_submodule(parent_path), attribute, _replacement_conv(conv, replacement, pretrained))
+
+
+def _replacement_conv(old: nn.Conv2d, new: nn.Conv2d, pretrained: PretrainedWeights | None) -> nn.Conv2d:
+    """`new` initialised as torchvision initialises convs, or, after pretrained weights, from `old`'s kernels."""
+    if pretrained is None:
+        return _he_conv(new)
+    if old.groups != 1:  # a grouped first conv: its kernels cannot be summed over channels the same way
+        log.warning("%s: the first conv (groups=%d) starts untrained, not from the pretrained one", pretrained.ref, old.groups)
+        return _he_conv(new)
+    from trainwise.models.pretrained import adapted_conv_weight
+
+    with torch.no_grad():
+        new.weight.copy_(adapted_conv_weight(old.weight, new.in_channels, new.kernel_size))
+        if new.bias is not None and old.bias is not None:
+            new.bias.copy_(old.bias)
+    return new
 
 
 def _he_conv(conv: nn.Conv2d) -> nn.Conv2d:

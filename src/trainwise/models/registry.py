@@ -10,13 +10,16 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from trainwise.errors import ConfigError
 from trainwise.models import external
+
+if TYPE_CHECKING:
+    from trainwise.models.pretrained import PretrainedWeights
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +54,16 @@ def create_model(
     input_shape: tuple[int, ...],
     num_outputs: int,
     params: Mapping[str, Any] | None = None,
+    pretrained: PretrainedWeights | None = None,
 ) -> nn.Module:
     """Build the network named by `ref` for inputs of `input_shape` and `num_outputs` outputs.
 
     `ref` is a registered name, `torchvision:<name>`, `/path/to/file.py:ClassName` or
     `package.module:ClassName`. `input_shape` is (C, H, W) for images or (n_features,) for tables;
-    `num_outputs` is the number of classes, or 1 for regression. The model comes back in train
-    mode, on the CPU, after one forward pass on zeros that proves it returns (N, num_outputs).
+    `num_outputs` is the number of classes, or 1 for regression. `pretrained` (torchvision models
+    only): start from these weights (models.pretrained), with the same layout as without them. The
+    model comes back in train mode, on the CPU, after one forward pass on zeros that proves it
+    returns (N, num_outputs).
     """
     if len(input_shape) not in (1, 3) or min(input_shape) < 1:
         raise ValueError(f"input_shape must be (C, H, W) or (n_features,) with positive sides, not {input_shape}")
@@ -65,8 +71,10 @@ def create_model(
         raise ValueError(f"num_outputs must be at least 1, not {num_outputs}")
     input_shape = tuple(int(side) for side in input_shape)
     params = dict(params or {})
+    if pretrained is not None and not ref.startswith("torchvision:"):
+        raise ConfigError(f"model.weights are torchvision's pretrained weights; {ref!r} is not a torchvision model")
     if ref.startswith("torchvision:"):
-        model = external.torchvision_model(ref, input_shape, num_outputs, params)
+        model = external.torchvision_model(ref, input_shape, num_outputs, params, pretrained)
     elif ":" in ref:
         model = external.user_model(ref, input_shape, num_outputs, params)
     else:

@@ -56,7 +56,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
         prior_bias_init=cfg.model.prior_bias_init,
         init_prior=training_prior(cfg, data) if data.task == CLASSIFICATION else None,
         balanced=balanced_training(cfg) and data.task == CLASSIFICATION,
-        pretrained=init is not None,
+        pretrained=init is not None or cfg.model.weights is not None,  # the fresh-init checks do not apply to either
         freeze_backbone=cfg.model.freeze_backbone_epochs > 0,
         augmented=data.is_image and augments_at_random(cfg),
     )

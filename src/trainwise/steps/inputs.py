@@ -95,11 +95,13 @@ def table_rows(cfg: ProjectConfig, ctx: StepContext) -> pd.DataFrame:
 
 
 def load_prepared_data(cfg: ProjectConfig, ctx: StepContext, scope: str) -> PreparedData:
-    """One scope of prepare's outputs as tensors (images from the decoded cache, rows through preprocessing)."""
+    """One scope of prepare's outputs as tensors (images from the decoded cache, rows through preprocessing),
+    normalised as the model needs (pretrained weights bring their own mean and std: fitting.with_model_preprocessing)."""
     from trainwise.data.loading import load_prepared
+    from trainwise.fitting import with_model_preprocessing
 
     image = cfg.task.is_image
-    return load_prepared(
+    data = load_prepared(
         cfg,
         scope,
         splits_file=ctx.upstream_artifact("prepare", artifacts.SPLITS),
@@ -107,6 +109,7 @@ def load_prepared_data(cfg: ProjectConfig, ctx: StepContext, scope: str) -> Prep
         cache=decoded_cache(cfg, ctx) if image else None,
         table=None if image else table_rows(cfg, ctx),
     )
+    return with_model_preprocessing(cfg, data)
 
 
 def cache_items(data: IngestedData, splits: pd.DataFrame) -> pd.DataFrame:

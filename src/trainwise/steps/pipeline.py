@@ -10,7 +10,7 @@ from trainwise.errors import TrackingError, TrainwiseError
 from trainwise.identity import key_of
 from trainwise.report import build_report
 from trainwise.steps import STEP_NAMES, STEPS, artifacts, upstream_closure
-from trainwise.steps.runner import TAG_STEP_RUN, StepOutcome, cache_keys, cache_parts, execute, run_key
+from trainwise.steps.runner import TAG_STEP_RUN, StepOutcome, cache_keys, cache_parts, execute, fetch_weights, run_key
 from trainwise.steps.staleness import newest_real_run, stale_reason
 from trainwise.tracking import TAG_CACHE_KEY, TAG_CONFIG_HASH, TAG_DRY_RUN, StepRun, Tracker
 
@@ -61,6 +61,7 @@ def run_pipeline(
     """Run (or reuse) the steps (default: every one) under one pipeline run; returns its URL and the outcomes."""
     forced = forced_steps(force)
     chosen = set(steps or STEP_NAMES)
+    fetch_weights(cfg, sorted(chosen))  # before the keys, which hold the weights' content
     keys = cache_keys(cfg, skip_checks=skip_checks)
     outcomes: list[StepOutcome] = []
     tags = {TAG_CONFIG_HASH: cfg.config_hash(), TAG_DRY_RUN: str(cfg.dry_run).lower()}

@@ -114,6 +114,7 @@ def execute(
     """Run `step` (or reuse its cached run) and return where its results are."""
     spec = get_step(step)
     module = spec.load()
+    fetch_weights(cfg, [step])
     if keys is None:
         every = cache_parts(cfg, skip_checks=skip_checks)
         parts, keys = every[step], {name: key_of(p) for name, p in every.items()}
@@ -164,6 +165,22 @@ def execute(
         if "passed" in outputs:
             run.set_tags({TAG_PASSED: str(bool(outputs["passed"])).lower()})
     return StepOutcome(step, "ran", key, run.run_id, run.url, outputs, passed=outputs.get("passed"))
+
+
+def fetch_weights(cfg: ProjectConfig, steps: list[str]) -> None:
+    """Download model.weights (when missing and allowed) before keying steps whose identity holds them.
+
+    The key of a step that builds the model, or reads from one that does, holds the sha256 of the
+    weights' file: fetched only inside the run, the file would be absent while the key was built,
+    and the next command would compute another key and find neither that run nor its descendants.
+    Offline and not in the cache: a ConfigError naming the file to place and where.
+    """
+    if cfg.model.weights is None:
+        return
+    if any("model" in get_step(name).sections or any("model" in get_step(u).sections for u in upstream_closure(name)) for name in steps):
+        from trainwise.fitting import pretrained_weights
+
+        pretrained_weights(cfg, fetch=True)
 
 
 def optional_upstream(step: str, *, skip_checks: bool = False, options: Mapping[str, Any] | None = None) -> set[str]:

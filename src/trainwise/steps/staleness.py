@@ -21,7 +21,7 @@ TAG_REUSED = "trainwise.reused_run"  # runner.TAG_REUSED: a pointer run holds no
 _PART_WORDS = {
     "source": "the data changed (the source's content fingerprint)",
     "code": "trainwise's own code changed",
-    "user_code": "the model file or model.init weights changed",
+    "user_code": "the model file, model.init weights or pretrained model.weights changed",
     "dry_run": "--dry-run differs",
     "gate": "--skip-checks differs",
 }

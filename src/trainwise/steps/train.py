@@ -30,7 +30,7 @@ from trainwise.datacard import CardSection, render_html
 from trainwise.engine import FitResult, TensorData, Trainer
 from trainwise.errors import Terminated
 from trainwise.evaluation import learning_curves, per_class_table, predict_split, report_figures
-from trainwise.fitting import model_spec
+from trainwise.fitting import model_spec, pretrained_notes
 from trainwise.metrics import CLASSIFICATION
 from trainwise.steps import artifacts
 from trainwise.steps.inputs import input_example, load_prepared_data, make_trainer, require_passed_checks
@@ -91,7 +91,7 @@ def run(cfg: ProjectConfig, run: StepRun, ctx: StepContext) -> dict[str, Any]:
             sections.append(CardSection(check.name, check.meaning, {check.name: check.figure}))
     run.log_text(render_html(f"{cfg.name}: sample vs full ({summary(comparison)})", _rows(comparison) + sections), REPORT)
 
-    run.set_description(_markdown(cfg, finals, comparison, result, uri=uri, versus=versus))
+    run.set_description(_markdown(cfg, finals, comparison, result, uri=uri, versus=versus, pretrained=pretrained_notes(cfg, full)))
     return {"model_uri": uri, **finals}
 
 
@@ -204,10 +204,14 @@ def _rows(results: list) -> list[CardSection]:
     return [CardSection("Checks", "Each row: what was measured, against what, and what to do when it fails.", tables={"Sample vs full": table})]
 
 
-def _markdown(cfg: ProjectConfig, finals: dict[str, float], comparison: list, result: FitResult, *, uri: str, versus: str) -> str:
+def _markdown(
+    cfg: ProjectConfig, finals: dict[str, float], comparison: list, result: FitResult, *, uri: str, versus: str, pretrained: list[str]
+) -> str:
     metric = cfg.task.metric
     lines = [f"# {cfg.name}: training on the full data", ""]
     lines += [f"Best validation {metric} {result.best_value:.4f} at epoch {result.best_epoch} of {len(result.history)} ({result.stop_reason})."]
+    if pretrained:  # what fitting the pretrained weights to these inputs changed (also in the model's spec)
+        lines += ["", "Pretrained start:", *(f"- {note}." for note in pretrained)]
     if f"test_{metric}" in finals:
         lines += ["", f"**Test {metric}: {finals[f'test_{metric}']:.4f}** (evaluated once, with the best epoch's weights)."]
     lines += ["", versus]
