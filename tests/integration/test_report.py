@@ -62,7 +62,9 @@ def test_a_pipeline_stopped_by_failed_checks_still_reports_what_ran(tracking_ser
     pipeline = first_pipeline(tracking_server, unique_name)
     assert pipeline.info.status == "FAILED"
     page = report_of(tracking_server, pipeline, tmp_path)
-    assert ">4. pipeline checks on the sample</h2>" in page and ">5. train on the full data</h2>" not in page
+    assert ">4. pipeline checks on the sample</h2>" in page and ">6. Optuna tuning</h2>" not in page
+    train = page[page.index(">5. train on the full data</h2>") :]  # the step that refused, with its state
+    assert "This run ended FAILED." in train[: train.index("</section>")]
     # the failed row leads what to try next, and its figure is shown
     advice = page[page.index(">What to try next</h2>") :]
     assert "check: checks failed (training_loss_decreases" in html.unescape(advice)
