@@ -14,17 +14,14 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from trainwise.config import ProjectConfig
 from trainwise.datacard import CardSection, render_html
 from trainwise.steps import STEPS, artifacts
-from trainwise.tracking import Tracker
-
-if TYPE_CHECKING:  # only tracking/ imports mlflow at run time
-    from mlflow.entities import Run
+from trainwise.tracking import Run, Tracker
 
 log = logging.getLogger(__name__)
 

@@ -48,6 +48,11 @@ class IngestedData:
     test_labelled: bool
     given_split: pd.Series | None = None  # per pool item: "val" where the source fixed it (a validation folder), else NaN
 
+    @property
+    def items(self) -> pd.DataFrame:
+        """The pool and the provided test set (if any), one row per item."""
+        return pd.concat([self.pool, self.test] if self.test is not None else [self.pool], ignore_index=True)
+
 
 def load_ingested(cfg: ProjectConfig, ctx: StepContext) -> IngestedData:
     if cfg.task.is_image:
@@ -114,7 +119,7 @@ def load_prepared_data(cfg: ProjectConfig, ctx: StepContext, scope: str) -> Prep
 
 def cache_items(data: IngestedData, splits: pd.DataFrame) -> pd.DataFrame:
     """The images the decoded cache holds (pool and provided test set): id, path, label, split, sha256."""
-    items = pd.concat([data.pool, data.test] if data.test is not None else [data.pool], ignore_index=True)
+    items = data.items
     items = items.merge(splits[splits["scope"] == "full"][["id", "split"]], on="id", suffixes=("_ingest", ""))
     return items[["id", "path", "label", "split", "sha256"]]
 

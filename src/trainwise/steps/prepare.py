@@ -159,7 +159,7 @@ def leakage_checks(cfg: ProjectConfig, data: IngestedData, splits: pd.DataFrame)
     if not cfg.task.is_image:
         return [_leak_check("table_rows_across_splits", _table_leaks(data, splits), cfg.checks.max_leaked_duplicates)]
     results = []
-    info = pd.concat([data.pool, data.test] if data.test is not None else [data.pool])[["id", "sha256", "dup_group"]]
+    info = data.items[["id", "sha256", "dup_group"]]
     # Items whose split the user gave (a validation folder, a labelled test set): trainwise cannot keep
     # their groups together, so their near copies are judged as a share below, as real data holds a
     # few natural look-alikes (Fashion-MNIST's trousers); exact copies still count one by one.
@@ -222,7 +222,7 @@ def _near_copies_of_val(cfg: ProjectConfig, data: IngestedData, splits: pd.DataF
 
 def leaked_groups(data: IngestedData, splits: pd.DataFrame) -> pd.DataFrame:
     """Every item of an exact or near duplicate group that spans the full data's splits (submit: the provided unlabelled test)."""
-    info = pd.concat([data.pool, data.test] if data.test is not None else [data.pool])[["id", "path", "dup_group"]]
+    info = data.items[["id", "path", "dup_group"]]
     full = splits[splits["scope"] == FULL].merge(info, on="id").dropna(subset=["dup_group"])
     spans = full.groupby("dup_group")["split"].transform("nunique") > 1
     return full.loc[spans, ["dup_group", "split", "id", "path", "label"]].sort_values(["dup_group", "split", "id"]).reset_index(drop=True)
@@ -273,7 +273,7 @@ def _prepare_images(
     run.set_tags({"trainwise.cache_digest": cache.key})
     run.log_metrics({f"norm.mean_c{i}": m for i, m in enumerate(stats[FULL]["mean"])} | {f"norm.std_c{i}": s for i, s in enumerate(stats[FULL]["std"])})
     run.log_figure(augmentation_preview(cfg, images, position, splits, stats[FULL]), "augmentation_preview.png")
-    manifest = pd.concat([data.pool, data.test] if data.test is not None else [data.pool], ignore_index=True).set_index("id")
+    manifest = data.items.set_index("id")
     properties = image_properties(manifest, images, position[manifest.index].to_numpy())
     found = property_checks(cfg, data, splits, properties, kind="image properties", shortcuts=cfg.task.is_classification)
     return {"cache": cache.key, "normalization": stats[FULL]}, found
